@@ -1,1 +1,54 @@
-fn main() {}
+//! The `entra-db-proxy` binary: glue only ("not meant as a library").
+//!
+//! # Layout
+//! - [`flags`]: the command line (every option also has an `ENTRA_DB_PROXY_*` variable).
+//! - [`config`]: one validated [`config::Config`] from the TOML file, the flags and Service
+//!   Connector's environment variables.
+//! - [`service_connector`]: reading `AZURE_POSTGRESQL_*` the way Azure's Service Connector sets them.
+//! - [`app`]: builds credentials and listeners from the config and runs them until a signal.
+
+mod app;
+mod config;
+mod flags;
+mod logging;
+mod service_connector;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let flags = flags::Flags::parse();
+    if let Err(e) = logging::init(flags.log_format) {
+        eprintln!("entra-db-proxy: {e:#}");
+        return ExitCode::from(2);
+    }
+    dbproxy_tls::install_crypto_provider();
+    let env = config::EnvSnapshot::from_process();
+    let config = match config::Config::load(&flags, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e:#}");
+            eprintln!("entra-db-proxy: invalid configuration: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("entra-db-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(config, env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("entra-db-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,24 @@
-//! placeholder
+//! The runtime of entra-db-proxy: everything that touches a socket.
+//!
+//! A client connection travels through these modules in order, and each step lives in one file:
+//!
+//! # Layout
+//! - [`listener`]: binds the local address and accepts connections, one task per client.
+//! - [`postgres`]: the PostgreSQL session, read top to bottom: client startup (SSLRequest /
+//!   GSSENCRequest / CancelRequest / StartupMessage) → credential → upstream TLS → login → relay.
+//! - [`upstream`]: TCP connect with a timeout, then TLS with the server name verified.
+//! - [`relay`]: once logged in, plain bytes both ways until either side closes.
+//!
+//! The protocol details (message layouts, the login state machine) are sans-IO and live in the
+//! `dbproxy-postgres` crate; credentials (Entra ID tokens, their cache) in `dbproxy-credentials`.
+
+#![warn(missing_docs)]
+
+pub mod listener;
+pub mod postgres;
+pub mod relay;
+pub mod upstream;
+
+pub use listener::{Listener, Shutdown};
+pub use postgres::PostgresService;
+pub use upstream::Upstream;

@@ -94,7 +94,11 @@ impl Trust {
         if roots.is_empty() {
             return Err(TlsError::NoRoots);
         }
-        tracing::debug!(os_roots = os, ca_file_roots = extra, "outbound TLS trust loaded");
+        tracing::debug!(
+            os_roots = os,
+            ca_file_roots = extra,
+            "outbound TLS trust loaded"
+        );
         Ok(Trust {
             roots: Arc::new(roots),
             counts: (os, extra),

@@ -1,0 +1,730 @@
+//! The proxy's configuration: one [`Config`] built from, in order of precedence,
+//! the command line, `ENTRA_DB_PROXY_*` variables (both through [`Flags`]), the TOML file, and
+//! Azure Service Connector's variables.
+//!
+//! Everything is validated here, before anything starts: an invalid configuration names the file,
+//! the key and what was expected, and the proxy refuses to start.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use dbproxy_credentials::{CredentialSpec, Secret, UserAssignedId};
+use serde::Deserialize;
+
+use crate::{
+    flags::{CredentialKind, Flags},
+    service_connector::{self, split_host_port},
+};
+
+/// Scope of Azure Database for PostgreSQL tokens.
+pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
+/// Default local address of the PostgreSQL listener.
+pub const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:5432";
+
+/// A copy of the environment taken once at start-up, so that configuration is reproducible
+/// and tests can inject variables.
+#[derive(Clone, Default)]
+pub struct EnvSnapshot(BTreeMap<String, String>);
+
+impl std::fmt::Debug for EnvSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values may be secrets.
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl EnvSnapshot {
+    /// The process environment (variables that are not UTF-8 are skipped).
+    pub fn from_process() -> Self {
+        EnvSnapshot(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        )
+    }
+
+    /// An environment made of these pairs.
+    #[cfg(test)]
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        EnvSnapshot(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// A variable's value; empty values count as unset.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// All pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Protocol spoken by a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// PostgreSQL frontend/backend protocol 3.
+    Postgres,
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Listeners, at least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// Extra CA for Entra ID / ARM HTTPS (and added to every listener's upstream trust).
+    pub ca_file: Option<PathBuf>,
+    /// IMDS override.
+    pub imds_endpoint: Option<url::Url>,
+    /// Entra authority override.
+    pub authority_host: Option<url::Url>,
+    /// Client startup / upstream login bound.
+    pub handshake_timeout: Duration,
+    /// Upstream TCP connect bound.
+    pub connect_timeout: Duration,
+    /// How long sessions may run on after a shutdown signal.
+    pub max_shutdown_delay: Duration,
+}
+
+/// One listener.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Local address.
+    pub listen: SocketAddr,
+    /// Upstream host.
+    pub upstream_host: String,
+    /// Upstream port.
+    pub upstream_port: u16,
+    /// Entra user to log in as.
+    pub user: String,
+    /// Database when the client names none.
+    pub database: Option<String>,
+    /// Where the token comes from.
+    pub credential: CredentialSpec,
+    /// Token scope.
+    pub scope: String,
+    /// Extra CA for this upstream.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name the certificate must match.
+    pub tls_server_name: String,
+}
+
+// ---- The TOML file ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    ca_file: Option<PathBuf>,
+    imds_endpoint: Option<String>,
+    authority_host: Option<String>,
+    handshake_timeout: Option<u64>,
+    connect_timeout: Option<u64>,
+    max_shutdown_delay: Option<u64>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<FileListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    name: Option<String>,
+    protocol: Protocol,
+    listen: Option<String>,
+    upstream: String,
+    user: String,
+    database: Option<String>,
+    scope: Option<String>,
+    #[serde(default)]
+    credential: FileCredential,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCredential {
+    kind: CredentialKind,
+    client_id: Option<String>,
+    object_id: Option<String>,
+    resource_id: Option<String>,
+    tenant_id: Option<String>,
+    /// Name of the environment variable holding the client secret (default AZURE_CLIENT_SECRET).
+    client_secret_env: Option<String>,
+    certificate: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+}
+
+impl Default for FileCredential {
+    fn default() -> Self {
+        FileCredential {
+            kind: CredentialKind::Default,
+            client_id: None,
+            object_id: None,
+            resource_id: None,
+            tenant_id: None,
+            client_secret_env: None,
+            certificate: None,
+            token_file: None,
+        }
+    }
+}
+
+/// Credential settings, from a file section or from flags.
+struct CredentialInput<'a> {
+    kind: CredentialKind,
+    client_id: Option<&'a str>,
+    object_id: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    tenant_id: Option<&'a str>,
+    client_secret_env: Option<&'a str>,
+    certificate: Option<&'a Path>,
+    token_file: Option<&'a Path>,
+}
+
+impl Config {
+    /// Builds the configuration from flags (which already include `ENTRA_DB_PROXY_*`), the
+    /// optional file, and the environment.
+    pub fn load(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => Some((path.clone(), read_file(path)?)),
+            None => None,
+        };
+        let file_cfg = file.as_ref().map(|(_, f)| f);
+        let pick_url = |flag: &Option<String>,
+                        file: Option<&String>,
+                        what: &str|
+         -> anyhow::Result<Option<url::Url>> {
+            match flag.as_ref().or(file) {
+                Some(s) => {
+                    Ok(Some(url::Url::parse(s).with_context(|| {
+                        format!("{what}: expected a URL, got {s:?}")
+                    })?))
+                }
+                None => Ok(None),
+            }
+        };
+        let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_secs(flag.or(file).unwrap_or(default))
+        };
+
+        let mut listeners = Vec::new();
+        if let Some((path, f)) = &file {
+            if flags.postgres_upstream.is_some() {
+                bail!(
+                    "--postgres-upstream and --config {} both define listeners: use one of them",
+                    path.display()
+                );
+            }
+            for (i, l) in f.listeners.iter().enumerate() {
+                let ctx = || format!("{}: listener[{i}]", path.display());
+                listeners.push(file_listener(l, i, flags, env).with_context(ctx)?);
+            }
+            if listeners.is_empty() {
+                bail!(
+                    "{}: no [[listener]] defined; expected at least one",
+                    path.display()
+                );
+            }
+        } else if let Some(l) = flags_listener(flags, env)? {
+            listeners.push(l);
+        } else {
+            bail!(
+                "nothing to serve: set AZURE_POSTGRESQL_CONNECTIONSTRING (as Azure Service Connector does), \
+                 or --postgres-upstream HOST with --postgres-user USER, or --config FILE"
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &listeners {
+            if l.listen.port() != 0 && !seen.insert(l.listen) {
+                bail!("two listeners use the same address {}", l.listen);
+            }
+        }
+
+        Ok(Config {
+            listeners,
+            ca_file: flags
+                .ca_file
+                .clone()
+                .or_else(|| file_cfg.and_then(|f| f.ca_file.clone())),
+            imds_endpoint: pick_url(
+                &flags.imds_endpoint,
+                file_cfg.and_then(|f| f.imds_endpoint.as_ref()),
+                "imds_endpoint",
+            )?,
+            authority_host: pick_url(
+                &flags.authority_host,
+                file_cfg.and_then(|f| f.authority_host.as_ref()),
+                "authority_host",
+            )?,
+            handshake_timeout: secs(
+                flags.handshake_timeout,
+                file_cfg.and_then(|f| f.handshake_timeout),
+                30,
+            ),
+            connect_timeout: secs(
+                flags.connect_timeout,
+                file_cfg.and_then(|f| f.connect_timeout),
+                10,
+            ),
+            max_shutdown_delay: secs(
+                flags.max_shutdown_delay,
+                file_cfg.and_then(|f| f.max_shutdown_delay),
+                30,
+            ),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
+    s.parse()
+        .with_context(|| format!("listen: expected IP:PORT such as 127.0.0.1:5432, got {s:?}"))
+}
+
+fn file_listener(
+    l: &FileListener,
+    index: usize,
+    flags: &Flags,
+    env: &EnvSnapshot,
+) -> anyhow::Result<ListenerConfig> {
+    let (host, port) = split_host_port(&l.upstream)
+        .with_context(|| format!("upstream: expected HOST[:PORT], got {:?}", l.upstream))?;
+    if host.is_empty() {
+        bail!("upstream: expected HOST[:PORT], got {:?}", l.upstream);
+    }
+    if l.user.is_empty() {
+        bail!("user: expected the Entra user name to log in as");
+    }
+    let listen = parse_listen(l.listen.as_deref().unwrap_or(DEFAULT_POSTGRES_LISTEN))?;
+    let c = &l.credential;
+    let credential = credential_spec(
+        &CredentialInput {
+            kind: c.kind,
+            client_id: c.client_id.as_deref(),
+            object_id: c.object_id.as_deref(),
+            resource_id: c.resource_id.as_deref(),
+            tenant_id: c.tenant_id.as_deref(),
+            client_secret_env: c.client_secret_env.as_deref(),
+            certificate: c.certificate.as_deref(),
+            token_file: c.token_file.as_deref(),
+        },
+        env,
+    )
+    .context("credential")?;
+    let _ = flags;
+    Ok(ListenerConfig {
+        name: l.name.clone().unwrap_or_else(|| format!("listener{index}")),
+        protocol: l.protocol,
+        listen,
+        tls_server_name: l.tls.server_name.clone().unwrap_or_else(|| host.clone()),
+        upstream_host: host,
+        upstream_port: port.unwrap_or(5432),
+        user: l.user.clone(),
+        database: l.database.clone(),
+        credential,
+        scope: l.scope.clone().unwrap_or_else(|| POSTGRES_SCOPE.to_owned()),
+        tls_ca_file: l.tls.ca_file.clone(),
+    })
+}
+
+/// The single PostgreSQL listener of the flags / Service Connector mode.
+fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<ListenerConfig>> {
+    let sc = service_connector::postgres_target(env)?.unwrap_or_default();
+    let (host, port) = match &flags.postgres_upstream {
+        Some(u) => {
+            let (h, p) = split_host_port(u)
+                .with_context(|| format!("--postgres-upstream: expected HOST[:PORT], got {u:?}"))?;
+            (Some(h), p)
+        }
+        None => (sc.host.clone(), sc.port),
+    };
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let user = flags.postgres_user.clone().or(sc.user.clone()).with_context(|| {
+        format!("no Entra user to log in to {host} as: set --postgres-user (ENTRA_DB_PROXY_POSTGRES_USER) or AZURE_POSTGRESQL_USER")
+    })?;
+    let credential = match flags.credential {
+        Some(kind) => credential_spec(&flags_credential(flags, kind), env)?,
+        None => service_connector_credential(flags, env)?,
+    };
+    Ok(Some(ListenerConfig {
+        name: "postgres".into(),
+        protocol: Protocol::Postgres,
+        listen: flags.postgres_listen.unwrap_or_else(|| {
+            DEFAULT_POSTGRES_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5432)))
+        }),
+        tls_server_name: flags
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| host.clone()),
+        upstream_host: host,
+        upstream_port: port.unwrap_or(5432),
+        user,
+        database: flags.postgres_database.clone().or(sc.database),
+        credential,
+        scope: flags
+            .scope
+            .clone()
+            .unwrap_or_else(|| POSTGRES_SCOPE.to_owned()),
+        tls_ca_file: None,
+    }))
+}
+
+fn flags_credential(flags: &Flags, kind: CredentialKind) -> CredentialInput<'_> {
+    CredentialInput {
+        kind,
+        client_id: flags.client_id.as_deref(),
+        object_id: flags.object_id.as_deref(),
+        resource_id: flags.resource_id.as_deref(),
+        tenant_id: flags.tenant_id.as_deref(),
+        client_secret_env: None,
+        certificate: flags.client_certificate.as_deref(),
+        token_file: flags.federated_token_file.as_deref(),
+    }
+}
+
+/// No `--credential`: follow Service Connector (AZURE_POSTGRESQL_CLIENTID alone → user-assigned
+/// managed identity; with _CLIENTSECRET and _TENANTID → service principal), then the id flags,
+/// else the default chain.
+fn service_connector_credential(
+    flags: &Flags,
+    env: &EnvSnapshot,
+) -> anyhow::Result<CredentialSpec> {
+    let client_id = env.get("AZURE_POSTGRESQL_CLIENTID");
+    let secret = env.get("AZURE_POSTGRESQL_CLIENTSECRET");
+    let tenant = env.get("AZURE_POSTGRESQL_TENANTID");
+    match (client_id, secret, tenant) {
+        (Some(id), Some(secret), Some(tenant)) => {
+            return Ok(CredentialSpec::ClientSecret {
+                tenant_id: tenant.to_owned(),
+                client_id: id.to_owned(),
+                secret: Secret::new(secret),
+            });
+        }
+        (Some(_), Some(_), None) => bail!(
+            "AZURE_POSTGRESQL_CLIENTSECRET is set but AZURE_POSTGRESQL_TENANTID is not: a service principal needs both"
+        ),
+        (Some(id), None, _) => {
+            return Ok(CredentialSpec::ManagedIdentity {
+                id: Some(UserAssignedId::ClientId(id.to_owned())),
+            });
+        }
+        _ => {}
+    }
+    if flags.client_id.is_some() || flags.object_id.is_some() || flags.resource_id.is_some() {
+        return credential_spec(
+            &flags_credential(flags, CredentialKind::ManagedIdentity),
+            env,
+        );
+    }
+    Ok(CredentialSpec::Default)
+}
+
+/// Checks that the settings fit the kind and builds the spec.
+fn credential_spec(c: &CredentialInput<'_>, env: &EnvSnapshot) -> anyhow::Result<CredentialSpec> {
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    let tenant = || {
+        owned(c.tenant_id)
+            .or_else(|| owned(env.get("AZURE_TENANT_ID")))
+            .context("tenant_id: required for this credential kind (or set AZURE_TENANT_ID)")
+    };
+    let client = || {
+        owned(c.client_id)
+            .or_else(|| owned(env.get("AZURE_CLIENT_ID")))
+            .context("client_id: required for this credential kind (or set AZURE_CLIENT_ID)")
+    };
+    Ok(match c.kind {
+        CredentialKind::Default => CredentialSpec::Default,
+        CredentialKind::ManagedIdentity => {
+            let ids = [
+                c.client_id.map(|v| UserAssignedId::ClientId(v.into())),
+                c.object_id.map(|v| UserAssignedId::ObjectId(v.into())),
+                c.resource_id.map(|v| UserAssignedId::ResourceId(v.into())),
+            ];
+            let mut given = ids.into_iter().flatten();
+            let id = given.next();
+            if given.next().is_some() {
+                bail!("managed identity: give at most one of client_id, object_id, resource_id");
+            }
+            CredentialSpec::ManagedIdentity { id }
+        }
+        CredentialKind::WorkloadIdentity => CredentialSpec::WorkloadIdentity {
+            tenant_id: owned(c.tenant_id),
+            client_id: owned(c.client_id),
+            token_file: c.token_file.map(Path::to_owned),
+        },
+        CredentialKind::ClientSecret => {
+            let var = c.client_secret_env.unwrap_or("AZURE_CLIENT_SECRET");
+            let secret = env
+                .get(var)
+                .with_context(|| format!("client secret: environment variable {var} is not set"))?;
+            CredentialSpec::ClientSecret {
+                tenant_id: tenant()?,
+                client_id: client()?,
+                secret: Secret::new(secret),
+            }
+        }
+        CredentialKind::ClientCertificate => {
+            let certificate = c
+                .certificate
+                .map(Path::to_owned)
+                .or_else(|| env.get("AZURE_CLIENT_CERTIFICATE_PATH").map(PathBuf::from))
+                .context("certificate: a PEM file with the certificate and its private key is required (or set AZURE_CLIENT_CERTIFICATE_PATH)")?;
+            CredentialSpec::ClientCertificate {
+                tenant_id: tenant()?,
+                client_id: client()?,
+                certificate,
+            }
+        }
+        CredentialKind::AzureCli => CredentialSpec::AzureCli {
+            tenant_id: owned(c.tenant_id),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut v = vec!["entra-db-proxy"];
+        v.extend_from_slice(args);
+        Flags::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn service_connector_zero_config() {
+        let env = EnvSnapshot::from_pairs([
+            (
+                "AZURE_POSTGRESQL_CONNECTIONSTRING",
+                "dbname=app host=srv.postgres.database.azure.com port=5432 sslmode=require user=aad_app",
+            ),
+            ("AZURE_POSTGRESQL_CLIENTID", "11111111-2222"),
+        ]);
+        let c = Config::load(&flags(&[]), &env).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.listen.to_string(), "127.0.0.1:5432");
+        assert_eq!(l.upstream_host, "srv.postgres.database.azure.com");
+        assert_eq!(l.user, "aad_app");
+        assert_eq!(l.database.as_deref(), Some("app"));
+        assert_eq!(l.tls_server_name, "srv.postgres.database.azure.com");
+        assert!(
+            matches!(&l.credential, CredentialSpec::ManagedIdentity { id: Some(UserAssignedId::ClientId(id)) } if id == "11111111-2222")
+        );
+    }
+
+    #[test]
+    fn service_connector_service_principal() {
+        let env = EnvSnapshot::from_pairs([
+            ("AZURE_POSTGRESQL_HOST", "srv"),
+            ("AZURE_POSTGRESQL_USER", "sp"),
+            ("AZURE_POSTGRESQL_CLIENTID", "cid"),
+            ("AZURE_POSTGRESQL_CLIENTSECRET", "s3cr3t-value"),
+            ("AZURE_POSTGRESQL_TENANTID", "tid"),
+        ]);
+        let c = Config::load(&flags(&["--postgres-listen", "127.0.0.1:6000"]), &env).unwrap();
+        assert_eq!(c.listeners[0].listen.port(), 6000);
+        assert!(
+            matches!(&c.listeners[0].credential, CredentialSpec::ClientSecret { tenant_id, client_id, .. } if tenant_id == "tid" && client_id == "cid")
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn nothing_to_serve_says_what_to_set() {
+        let e = Config::load(&flags(&[]), &EnvSnapshot::default()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("AZURE_POSTGRESQL_CONNECTIONSTRING"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn flags_need_a_user() {
+        let e = Config::load(
+            &flags(&["--postgres-upstream", "db.example:5432"]),
+            &EnvSnapshot::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--postgres-user"), "{e:#}");
+    }
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("edp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn toml_listeners() {
+        let p = write(
+            "ok.toml",
+            r#"
+            handshake_timeout = 5
+            [[listener]]
+            name = "orders"
+            protocol = "postgres"
+            listen = "127.0.0.1:15432"
+            upstream = "orders.postgres.database.azure.com"
+            user = "aad_orders"
+            database = "orders"
+            credential = { kind = "managed-identity", resource_id = "/subscriptions/x" }
+            tls = { server_name = "other.example" }
+            [[listener]]
+            protocol = "postgres"
+            listen = "127.0.0.1:15433"
+            upstream = "b:6432"
+            user = "u"
+            "#,
+        );
+        let c = Config::load(
+            &flags(&["--config", p.to_str().unwrap()]),
+            &EnvSnapshot::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.listeners[0].tls_server_name, "other.example");
+        assert_eq!(c.listeners[1].upstream_port, 6432);
+        assert_eq!(c.listeners[1].name, "listener1");
+        assert!(matches!(c.listeners[1].credential, CredentialSpec::Default));
+    }
+
+    #[test]
+    fn toml_errors_name_file_and_key() {
+        let p = write(
+            "bad.toml",
+            "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nlisten = 5\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("bad.toml") && e.contains("listen"), "{e}");
+
+        let p = write(
+            "typo.toml",
+            "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nlistn = \"x\"\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("typo.toml") && e.contains("listn"), "{e}");
+
+        let p = write(
+            "addr.toml",
+            "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nlisten = \"localhost\"\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("addr.toml") && e.contains("listener[0]") && e.contains("IP:PORT"),
+            "{e}"
+        );
+
+        let p = write(
+            "proto.toml",
+            "[[listener]]\nprotocol = \"mysql\"\nupstream = \"h\"\nuser = \"u\"\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("proto.toml") && e.contains("postgres"), "{e}");
+    }
+
+    #[test]
+    fn client_secret_comes_from_the_environment() {
+        let p = write(
+            "sp.toml",
+            "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\ncredential = { kind = \"client-secret\", tenant_id = \"t\", client_id = \"c\" }\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("AZURE_CLIENT_SECRET"), "{e}");
+        let env = EnvSnapshot::from_pairs([("AZURE_CLIENT_SECRET", "x")]);
+        Config::load(&flags(&["--config", p.to_str().unwrap()]), &env).unwrap();
+    }
+
+    #[test]
+    fn one_managed_identity_selector() {
+        let e = Config::load(
+            &flags(&[
+                "--postgres-upstream",
+                "h",
+                "--postgres-user",
+                "u",
+                "--credential",
+                "managed-identity",
+                "--client-id",
+                "a",
+                "--object-id",
+                "b",
+            ]),
+            &EnvSnapshot::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("at most one"), "{e:#}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The command line. Every option can also be set through the environment variable shown in
+//! `--help`; flags win over the environment, which wins over the TOML file.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+use crate::logging::LogFormat;
+
+const ABOUT: &str = "\
+A local proxy that lets unmodified PostgreSQL clients reach Azure Database for PostgreSQL \
+with an Entra ID identity: the application connects to localhost with no password; the proxy \
+obtains an access token (managed identity, workload identity, service principal or Azure CLI), \
+logs in upstream over verified TLS, and relays the session.";
+
+const AFTER: &str = "\
+With no options, the proxy reads the variables that Azure Service Connector sets \
+(AZURE_POSTGRESQL_CONNECTIONSTRING, or AZURE_POSTGRESQL_HOST with _USER/_USERNAME, \
+_DATABASE/_NAME and _PORT; AZURE_POSTGRESQL_CLIENTID, _CLIENTSECRET, _TENANTID for the \
+identity) and serves that server on 127.0.0.1:5432. Use --config FILE for several listeners \
+(see proxy.toml.example).";
+
+/// entra-db-proxy's command line.
+#[derive(Debug, Parser)]
+#[command(name = "entra-db-proxy", version, about = ABOUT, after_help = AFTER)]
+pub struct Flags {
+    /// TOML configuration file with any number of listeners (see proxy.toml.example).
+    #[arg(long, env = "ENTRA_DB_PROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Local address of the PostgreSQL listener [default: 127.0.0.1:5432].
+    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_LISTEN", value_name = "ADDR")]
+    pub postgres_listen: Option<SocketAddr>,
+
+    /// PostgreSQL server to proxy to, HOST[:PORT] (port 5432 by default). Overrides Service Connector's variables.
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_POSTGRES_UPSTREAM",
+        value_name = "HOST[:PORT]"
+    )]
+    pub postgres_upstream: Option<String>,
+
+    /// Entra user (role) to log in as upstream, e.g. the managed identity's name.
+    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_USER", value_name = "USER")]
+    pub postgres_user: Option<String>,
+
+    /// Database used when a client names none.
+    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_DATABASE", value_name = "DB")]
+    pub postgres_database: Option<String>,
+
+    /// How the proxy gets its Entra ID token [default: from Service Connector's variables, else the default chain].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CREDENTIAL",
+        value_enum,
+        value_name = "KIND"
+    )]
+    pub credential: Option<CredentialKind>,
+
+    /// Client (application) id: of a user-assigned managed identity, a service principal or a workload identity.
+    #[arg(long, env = "ENTRA_DB_PROXY_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+
+    /// Object (principal) id of a user-assigned managed identity.
+    #[arg(long, env = "ENTRA_DB_PROXY_OBJECT_ID", value_name = "ID")]
+    pub object_id: Option<String>,
+
+    /// Azure resource id of a user-assigned managed identity.
+    #[arg(long, env = "ENTRA_DB_PROXY_RESOURCE_ID", value_name = "ID")]
+    pub resource_id: Option<String>,
+
+    /// Tenant id (service principal, workload identity, Azure CLI).
+    #[arg(long, env = "ENTRA_DB_PROXY_TENANT_ID", value_name = "ID")]
+    pub tenant_id: Option<String>,
+
+    /// PEM file with the service principal's certificate and private key (--credential client-certificate).
+    #[arg(long, env = "ENTRA_DB_PROXY_CLIENT_CERTIFICATE", value_name = "FILE")]
+    pub client_certificate: Option<PathBuf>,
+
+    /// Federated token file for workload identity [default: AZURE_FEDERATED_TOKEN_FILE].
+    #[arg(long, env = "ENTRA_DB_PROXY_FEDERATED_TOKEN_FILE", value_name = "FILE")]
+    pub federated_token_file: Option<PathBuf>,
+
+    /// Token scope [default: https://ossrdbms-aad.database.windows.net/.default].
+    #[arg(long, env = "ENTRA_DB_PROXY_SCOPE", value_name = "SCOPE")]
+    pub scope: Option<String>,
+
+    /// Extra CA certificates (PEM) trusted for the database and for Entra ID, on top of the OS roots.
+    #[arg(long, env = "ENTRA_DB_PROXY_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Name the database server's certificate must be valid for [default: the upstream host].
+    #[arg(long, env = "ENTRA_DB_PROXY_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Managed identity (IMDS) endpoint, e.g. a node-local identity agent [default: AZURE_POD_IDENTITY_AUTHORITY_HOST, else http://169.254.169.254].
+    #[arg(long, env = "ENTRA_DB_PROXY_IMDS_ENDPOINT", value_name = "URL")]
+    pub imds_endpoint: Option<String>,
+
+    /// Entra ID authority [default: AZURE_AUTHORITY_HOST, else https://login.microsoftonline.com].
+    #[arg(long, env = "ENTRA_DB_PROXY_AUTHORITY_HOST", value_name = "URL")]
+    pub authority_host: Option<String>,
+
+    /// Seconds a client has to send its startup message, and the upstream to complete a login [default: 30].
+    #[arg(long, env = "ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", value_name = "SECS")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Seconds a TCP connection to the upstream may take [default: 10].
+    #[arg(long, env = "ENTRA_DB_PROXY_CONNECT_TIMEOUT", value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+
+    /// Seconds open sessions get to finish after SIGTERM/SIGINT before they are closed [default: 30].
+    #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "SECS")]
+    pub max_shutdown_delay: Option<u64>,
+
+    /// Log format; the level comes from RUST_LOG (e.g. `info`, `debug`, `entra_db_proxy=trace`).
+    #[arg(long, env = "ENTRA_DB_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where the token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    /// Environment service principal → workload identity → managed identity → Azure CLI; the first that answers is kept.
+    Default,
+    /// Managed identity (IMDS, or App Service / Container Apps via IDENTITY_ENDPOINT); user-assigned with --client-id, --object-id or --resource-id.
+    ManagedIdentity,
+    /// AKS workload identity (AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID, AZURE_TENANT_ID).
+    WorkloadIdentity,
+    /// Service principal with a secret (read from AZURE_CLIENT_SECRET; never a flag).
+    ClientSecret,
+    /// Service principal with a certificate (--client-certificate PEM).
+    ClientCertificate,
+    /// The signed-in Azure CLI user (`az login`), for development.
+    AzureCli,
+}

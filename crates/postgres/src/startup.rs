@@ -1,0 +1,696 @@
+/*!
+The first packet a client sends: parsing it and the types it parses into.
+
+Before the regular `tag, length, body` framing begins, a client sends one untagged packet whose
+first word is its own length (counting itself) and whose second word says what it is:
+
+```text
+SSLRequest         length=8    code=80877103 (1234<<16 | 5679)
+GSSENCRequest      length=8    code=80877104 (1234<<16 | 5680)
+CancelRequest      length=12+n code=80877102 (1234<<16 | 5678)  process_id: i32, secret_key: [u8; n]
+                                 n = 4 in protocol 3.0; 4..=256 since protocol 3.2
+StartupMessage     length      version: i32 (major<<16 | minor; 196608 = 3.0, 196610 = 3.2)
+                               then (name\0 value\0)*  \0
+```
+
+An SSLRequest or GSSENCRequest is answered with one byte (`'S'`/`'G'` to go ahead, `'N'` to
+refuse; see [`messages::SSL_NOT_SUPPORTED`](crate::messages::SSL_NOT_SUPPORTED)); the client then
+either upgrades the stream or sends its StartupMessage (or, after `'N'`, gives up). A
+CancelRequest is the only packet on its connection.
+
+After answering an SSLRequest with `'S'`, bytes the client sent before the TLS handshake must
+not be trusted (CVE-2021-23214): the runtime should refuse the connection if the buffer passed
+to [`parse_startup_packet`] still holds bytes at that point.
+
+The length is checked against [`MAX_STARTUP_LEN`] as soon as its four bytes have arrived, before
+anything more is buffered, like PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`.
+*/
+
+use std::fmt;
+
+use bytes::{Buf, BytesMut};
+
+use crate::error::{ProtocolError, ProtocolErrorKind};
+
+/// The largest startup packet accepted, in bytes, counting the length word itself.
+///
+/// PostgreSQL uses the same limit (`MAX_STARTUP_PACKET_LENGTH`) for the packet's body.
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+/// The smallest startup packet: the length word and the code.
+const MIN_STARTUP_LEN: usize = 8;
+
+/// The code of an SSLRequest (1234.5679).
+pub const SSL_REQUEST_CODE: u32 = 80_877_103;
+/// The code of a GSSENCRequest (1234.5680).
+pub const GSSENC_REQUEST_CODE: u32 = 80_877_104;
+/// The code of a CancelRequest (1234.5678).
+pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// The shortest cancel key: the 4 bytes of protocol 3.0.
+pub const MIN_CANCEL_KEY_LEN: usize = 4;
+/// The longest cancel key protocol 3.2 allows.
+pub const MAX_CANCEL_KEY_LEN: usize = 256;
+
+/// The first packet on a client connection.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    /// SSLRequest: the client asks to upgrade to TLS. Answer with one byte.
+    SslRequest,
+    /// GSSENCRequest: the client asks for GSSAPI encryption. Answer with one byte.
+    GssEncRequest,
+    /// CancelRequest: cancel the query running on another connection.
+    CancelRequest {
+        /// The backend process ID from the other connection's BackendKeyData.
+        process_id: i32,
+        /// The secret key from the other connection's BackendKeyData: 4 bytes in protocol 3.0,
+        /// 4 to 256 bytes in protocol 3.2. Hidden from `Debug`.
+        secret_key: Vec<u8>,
+    },
+    /// StartupMessage: the protocol version and the connection parameters.
+    Startup(StartupMessage),
+}
+
+impl fmt::Debug for StartupPacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartupPacket::SslRequest => f.write_str("SslRequest"),
+            StartupPacket::GssEncRequest => f.write_str("GssEncRequest"),
+            StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            } => f
+                .debug_struct("CancelRequest")
+                .field("process_id", process_id)
+                .field(
+                    "secret_key",
+                    &format_args!("<{} bytes redacted>", secret_key.len()),
+                )
+                .finish(),
+            StartupPacket::Startup(msg) => f.debug_tuple("Startup").field(msg).finish(),
+        }
+    }
+}
+
+/// A protocol version as sent in a StartupMessage: `major << 16 | minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProtocolVersion {
+    /// The major version; only 3 is supported.
+    pub major: u16,
+    /// The minor version; 0 and 2 exist today (3.1 was never used).
+    pub minor: u16,
+}
+
+impl ProtocolVersion {
+    /// Protocol 3.0 (code 196608), PostgreSQL 7.4 and later.
+    pub const V3_0: ProtocolVersion = ProtocolVersion { major: 3, minor: 0 };
+    /// Protocol 3.2 (code 196610), PostgreSQL 18 and later: longer cancel keys.
+    pub const V3_2: ProtocolVersion = ProtocolVersion { major: 3, minor: 2 };
+    /// The newest version this crate knows of; newer 3.x minors are accepted and left to the
+    /// upstream server to negotiate down with NegotiateProtocolVersion.
+    pub const LATEST: ProtocolVersion = ProtocolVersion::V3_2;
+
+    /// Splits a version code (`major << 16 | minor`) into its parts.
+    pub const fn from_code(code: u32) -> ProtocolVersion {
+        ProtocolVersion {
+            major: (code >> 16) as u16,
+            minor: (code & 0xffff) as u16,
+        }
+    }
+
+    /// The version code as sent on the wire: `major << 16 | minor`.
+    pub const fn code(self) -> u32 {
+        ((self.major as u32) << 16) | self.minor as u32
+    }
+
+    /// Whether the proxy accepts this version: any 3.x.
+    pub const fn is_supported(self) -> bool {
+        self.major == 3
+    }
+}
+
+impl fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A StartupMessage: protocol version and connection parameters (`user`, `database`,
+/// `application_name`, `options`, GUCs, `_pq_.` protocol extensions, ...), in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupMessage {
+    /// The requested protocol version.
+    pub version: ProtocolVersion,
+    /// The parameters as `(name, value)`, in wire order. Names and values must not contain NUL
+    /// bytes (parsing guarantees it; encoding checks it).
+    pub params: Vec<(String, String)>,
+}
+
+impl StartupMessage {
+    /// An empty StartupMessage for `version`.
+    pub fn new(version: ProtocolVersion) -> StartupMessage {
+        StartupMessage {
+            version,
+            params: Vec::new(),
+        }
+    }
+
+    /// The value of parameter `name`. If a client sent it more than once, the last one wins,
+    /// as in PostgreSQL.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets parameter `name` to `value`, keeping its position if it was present (and dropping
+    /// any duplicates), appending it otherwise. Returns the previous value.
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        let name = name.into();
+        let value = value.into();
+        let previous = self.remove_duplicates_after_first(&name);
+        match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => {
+                let first = std::mem::replace(v, value);
+                previous.or(Some(first))
+            }
+            None => {
+                self.params.push((name, value));
+                None
+            }
+        }
+    }
+
+    /// Removes parameter `name` (every occurrence). Returns the value that was in effect.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let mut last = None;
+        self.params.retain_mut(|(n, v)| {
+            if n == name {
+                last = Some(std::mem::take(v));
+                false
+            } else {
+                true
+            }
+        });
+        last
+    }
+
+    /// The `user` parameter, if sent.
+    pub fn user(&self) -> Option<&str> {
+        self.get("user")
+    }
+
+    /// The `database` parameter, if sent (PostgreSQL defaults it to the user name).
+    pub fn database(&self) -> Option<&str> {
+        self.get("database")
+    }
+
+    /// Drops every occurrence of `name` but the first; returns the last value dropped.
+    fn remove_duplicates_after_first(&mut self, name: &str) -> Option<String> {
+        let mut seen = false;
+        let mut last = None;
+        self.params.retain_mut(|(n, v)| {
+            if n != name {
+                true
+            } else if !seen {
+                seen = true;
+                true
+            } else {
+                last = Some(std::mem::take(v));
+                false
+            }
+        });
+        last
+    }
+}
+
+/// Parses the first packet of a client connection from the front of `buf`.
+///
+/// - `Ok(None)`: the packet is not complete yet; `buf` is untouched. Read more and call again.
+/// - `Ok(Some(packet))`: the packet was removed from `buf`; later bytes stay in `buf`.
+/// - `Err(e)`: the packet is invalid (bad length, layout, UTF-8 or protocol version); answer
+///   with [`ProtocolError::to_error_fields`] and close. The length is rejected as soon as its
+///   four bytes are in, so an attacker cannot make the proxy buffer more than
+///   [`MAX_STARTUP_LEN`] bytes.
+pub fn parse_startup_packet(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError> {
+    let Some(len_bytes) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = i32::from_be_bytes(*len_bytes);
+    let len = match usize::try_from(len) {
+        Ok(len) if (MIN_STARTUP_LEN..=MAX_STARTUP_LEN).contains(&len) => len,
+        _ => {
+            return Err(ProtocolError::new(
+                ProtocolErrorKind::InvalidLength,
+                format!(
+                    "invalid length of startup packet: {len} (must be {MIN_STARTUP_LEN} to {MAX_STARTUP_LEN})"
+                ),
+            ));
+        }
+    };
+    let Some(packet) = buf.get(..len) else {
+        return Ok(None);
+    };
+    let packet = parse_packet(&packet[4..])?;
+    buf.advance(len);
+    Ok(Some(packet))
+}
+
+/// Parses a complete packet after its length word.
+fn parse_packet(body: &[u8]) -> Result<StartupPacket, ProtocolError> {
+    let (code, rest) = split_u32(body)
+        .ok_or_else(|| ProtocolError::malformed("invalid startup packet: missing code"))?;
+    match code {
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
+            if !rest.is_empty() {
+                return Err(ProtocolError::new(
+                    ProtocolErrorKind::InvalidLength,
+                    format!(
+                        "invalid length of {}: {} (must be 8)",
+                        if code == SSL_REQUEST_CODE {
+                            "SSLRequest"
+                        } else {
+                            "GSSENCRequest"
+                        },
+                        body.len() + 4
+                    ),
+                ));
+            }
+            Ok(if code == SSL_REQUEST_CODE {
+                StartupPacket::SslRequest
+            } else {
+                StartupPacket::GssEncRequest
+            })
+        }
+        CANCEL_REQUEST_CODE => parse_cancel_request(rest),
+        _ => parse_startup_message(ProtocolVersion::from_code(code), rest)
+            .map(StartupPacket::Startup),
+    }
+}
+
+fn parse_cancel_request(rest: &[u8]) -> Result<StartupPacket, ProtocolError> {
+    let invalid = || {
+        ProtocolError::new(
+            ProtocolErrorKind::InvalidLength,
+            format!(
+                "invalid length of CancelRequest: {} (the secret key must be {MIN_CANCEL_KEY_LEN} to {MAX_CANCEL_KEY_LEN} bytes)",
+                rest.len() + 8
+            ),
+        )
+    };
+    let (pid, key) = split_u32(rest).ok_or_else(invalid)?;
+    if !(MIN_CANCEL_KEY_LEN..=MAX_CANCEL_KEY_LEN).contains(&key.len()) {
+        return Err(invalid());
+    }
+    Ok(StartupPacket::CancelRequest {
+        process_id: pid as i32,
+        secret_key: key.to_vec(),
+    })
+}
+
+fn parse_startup_message(
+    version: ProtocolVersion,
+    mut rest: &[u8],
+) -> Result<StartupMessage, ProtocolError> {
+    if !version.is_supported() {
+        return Err(ProtocolError::new(
+            ProtocolErrorKind::UnsupportedVersion(version),
+            format!(
+                "unsupported frontend protocol {version}: server supports {} to {}",
+                ProtocolVersion::V3_0,
+                ProtocolVersion::LATEST
+            ),
+        ));
+    }
+    let mut msg = StartupMessage::new(version);
+    loop {
+        let name = read_cstr(&mut rest).ok_or_else(|| {
+            ProtocolError::malformed(
+                "invalid startup packet layout: expected terminator as last byte",
+            )
+        })?;
+        if name.is_empty() {
+            if !rest.is_empty() {
+                return Err(ProtocolError::malformed(
+                    "invalid startup packet layout: expected terminator as last byte",
+                ));
+            }
+            return Ok(msg);
+        }
+        let name = utf8(name)?;
+        let value = read_cstr(&mut rest).ok_or_else(|| {
+            ProtocolError::malformed(format!(
+                "invalid startup packet layout: missing value for parameter \"{name}\""
+            ))
+        })?;
+        let value = utf8(value)?;
+        msg.params.push((name, value));
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, ProtocolError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        ProtocolError::malformed("invalid startup packet: parameter is not valid UTF-8")
+    })
+}
+
+/// Splits a big-endian u32 off the front of `bytes`.
+fn split_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*head), rest))
+}
+
+/// Takes a NUL-terminated string off the front of `rest` (without the NUL).
+fn read_cstr<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let end = memchr::memchr(0, rest)?;
+    let s = &rest[..end];
+    *rest = &rest[end + 1..];
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlstate;
+    use bytes::BufMut;
+
+    /// A raw startup packet: length word, code, body.
+    fn packet(code: u32, body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32((body.len() + 8) as u32);
+        buf.put_u32(code);
+        buf.put_slice(body);
+        buf
+    }
+
+    fn startup_bytes(code: u32, params: &[(&str, &str)]) -> BytesMut {
+        let mut body = Vec::new();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        packet(code, &body)
+    }
+
+    fn parse_all(bytes: &[u8]) -> Result<Option<StartupPacket>, ProtocolError> {
+        let mut buf = BytesMut::from(bytes);
+        let r = parse_startup_packet(&mut buf);
+        if let Ok(Some(_)) = r {
+            assert!(buf.is_empty(), "whole packet consumed");
+        }
+        r
+    }
+
+    #[test]
+    fn ssl_request() {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::ssl_request(&mut buf);
+        assert_eq!(parse_all(&buf).unwrap(), Some(StartupPacket::SslRequest));
+        assert_eq!(&buf[..], &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    }
+
+    #[test]
+    fn gssenc_request() {
+        let buf = packet(80_877_104, &[]);
+        assert_eq!(parse_all(&buf).unwrap(), Some(StartupPacket::GssEncRequest));
+    }
+
+    #[test]
+    fn ssl_request_with_wrong_length() {
+        let err = parse_all(&packet(SSL_REQUEST_CODE, &[0])).unwrap_err();
+        assert_eq!(err.kind(), ProtocolErrorKind::InvalidLength);
+        assert_eq!(err.code(), sqlstate::PROTOCOL_VIOLATION);
+        assert_eq!(
+            err.to_string(),
+            "invalid length of SSLRequest: 9 (must be 8)"
+        );
+    }
+
+    #[test]
+    fn cancel_request_v3_0() {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(1234, 0x0102_0304, &mut buf);
+        assert_eq!(
+            parse_all(&buf).unwrap(),
+            Some(StartupPacket::CancelRequest {
+                process_id: 1234,
+                secret_key: vec![1, 2, 3, 4]
+            })
+        );
+    }
+
+    #[test]
+    fn cancel_request_v3_2_long_key() {
+        let key: Vec<u8> = (0..=255).collect();
+        let mut body = (-7i32).to_be_bytes().to_vec();
+        body.extend_from_slice(&key);
+        let buf = packet(CANCEL_REQUEST_CODE, &body);
+        assert_eq!(
+            parse_all(&buf).unwrap(),
+            Some(StartupPacket::CancelRequest {
+                process_id: -7,
+                secret_key: key
+            })
+        );
+    }
+
+    #[test]
+    fn cancel_request_key_too_short_or_long() {
+        for key_len in [0, 3, 257] {
+            let mut body = 1i32.to_be_bytes().to_vec();
+            body.extend(std::iter::repeat_n(9, key_len));
+            let err = parse_all(&packet(CANCEL_REQUEST_CODE, &body)).unwrap_err();
+            assert_eq!(err.kind(), ProtocolErrorKind::InvalidLength, "{key_len}");
+        }
+        let err = parse_all(&packet(CANCEL_REQUEST_CODE, &[0, 0])).unwrap_err();
+        assert_eq!(err.kind(), ProtocolErrorKind::InvalidLength);
+    }
+
+    #[test]
+    fn cancel_key_is_not_in_debug() {
+        let pkt = StartupPacket::CancelRequest {
+            process_id: 42,
+            secret_key: b"SECRETKEY".to_vec(),
+        };
+        let dbg = format!("{pkt:?}");
+        assert!(!dbg.contains("SECRETKEY"), "{dbg}");
+        assert!(!dbg.contains("83, 69"), "{dbg}");
+        assert!(dbg.contains("42"), "{dbg}");
+    }
+
+    #[test]
+    fn startup_message_v3_0_from_postgres_protocol() {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [
+                ("user", "alice"),
+                ("database", "app"),
+                ("application_name", "psql"),
+                ("client_encoding", "UTF8"),
+            ],
+            &mut buf,
+        )
+        .unwrap();
+        let Some(StartupPacket::Startup(msg)) = parse_all(&buf).unwrap() else {
+            panic!("not a StartupMessage");
+        };
+        assert_eq!(msg.version, ProtocolVersion::V3_0);
+        assert_eq!(msg.user(), Some("alice"));
+        assert_eq!(msg.database(), Some("app"));
+        assert_eq!(msg.get("application_name"), Some("psql"));
+        assert_eq!(msg.params.len(), 4);
+    }
+
+    #[test]
+    fn startup_message_v3_2() {
+        let buf = startup_bytes(196_610, &[("user", "bob")]);
+        let Some(StartupPacket::Startup(msg)) = parse_all(&buf).unwrap() else {
+            panic!("not a StartupMessage");
+        };
+        assert_eq!(msg.version, ProtocolVersion::V3_2);
+        assert_eq!(msg.version.code(), 196_610);
+        assert_eq!(msg.version.to_string(), "3.2");
+    }
+
+    #[test]
+    fn startup_message_newer_minor_is_accepted() {
+        let buf = startup_bytes(3 << 16 | 9, &[("user", "bob")]);
+        let Some(StartupPacket::Startup(msg)) = parse_all(&buf).unwrap() else {
+            panic!("not a StartupMessage");
+        };
+        assert_eq!(msg.version, ProtocolVersion { major: 3, minor: 9 });
+    }
+
+    #[test]
+    fn startup_message_without_user_or_params() {
+        let buf = startup_bytes(196_608, &[]);
+        let Some(StartupPacket::Startup(msg)) = parse_all(&buf).unwrap() else {
+            panic!("not a StartupMessage");
+        };
+        assert!(msg.params.is_empty());
+        assert_eq!(msg.user(), None);
+    }
+
+    #[test]
+    fn startup_message_empty_value_allowed() {
+        let buf = startup_bytes(196_608, &[("user", "u"), ("options", "")]);
+        let Some(StartupPacket::Startup(msg)) = parse_all(&buf).unwrap() else {
+            panic!("not a StartupMessage");
+        };
+        assert_eq!(msg.get("options"), Some(""));
+    }
+
+    #[test]
+    fn protocol_2_0_is_rejected() {
+        let buf = packet(2 << 16, b"user\0x\0\0");
+        let err = parse_all(&buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ProtocolErrorKind::UnsupportedVersion(ProtocolVersion { major: 2, minor: 0 })
+        );
+        assert_eq!(err.code(), sqlstate::FEATURE_NOT_SUPPORTED);
+        assert_eq!(
+            err.to_string(),
+            "unsupported frontend protocol 2.0: server supports 3.0 to 3.2"
+        );
+        let fields = err.to_error_fields();
+        assert_eq!(fields.severity, "FATAL");
+        assert_eq!(fields.code, "0A000");
+    }
+
+    #[test]
+    fn unknown_special_code_is_unsupported_version() {
+        let err = parse_all(&packet(1234 << 16 | 9999, &[0])).unwrap_err();
+        assert_eq!(err.code(), sqlstate::FEATURE_NOT_SUPPORTED);
+        assert!(
+            err.to_string()
+                .starts_with("unsupported frontend protocol 1234.9999")
+        );
+    }
+
+    #[test]
+    fn incremental_byte_by_byte() {
+        let all = startup_bytes(196_608, &[("user", "alice"), ("database", "db")]);
+        let mut buf = BytesMut::new();
+        for (i, b) in all.iter().enumerate() {
+            buf.put_u8(*b);
+            let before = buf.clone();
+            let r = parse_startup_packet(&mut buf).unwrap();
+            if i + 1 < all.len() {
+                assert!(r.is_none(), "complete too early at {i}");
+                assert_eq!(buf, before, "buf untouched while incomplete");
+            } else {
+                assert!(matches!(r, Some(StartupPacket::Startup(_))));
+                assert!(buf.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_left_in_buf() {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::ssl_request(&mut buf);
+        buf.extend_from_slice(b"\x16\x03\x01");
+        assert_eq!(
+            parse_startup_packet(&mut buf).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
+        assert_eq!(&buf[..], b"\x16\x03\x01");
+    }
+
+    #[test]
+    fn oversized_is_rejected_at_the_header() {
+        // Only the length word has arrived: no need to wait for 10 KB more.
+        let mut buf = BytesMut::from(&((MAX_STARTUP_LEN + 1) as u32).to_be_bytes()[..]);
+        let err = parse_startup_packet(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), ProtocolErrorKind::InvalidLength);
+        assert_eq!(err.code(), sqlstate::PROTOCOL_VIOLATION);
+        assert!(
+            err.to_string()
+                .starts_with("invalid length of startup packet: 10001")
+        );
+
+        // Exactly at the limit is fine.
+        let filler = "x".repeat(MAX_STARTUP_LEN - 8 - "user\0\0\0".len());
+        let buf = startup_bytes(196_608, &[("user", &filler)]);
+        assert_eq!(buf.len(), MAX_STARTUP_LEN);
+        assert!(parse_all(&buf).unwrap().is_some());
+    }
+
+    #[test]
+    fn too_short_and_negative_lengths() {
+        for len in [0i32, 4, 7, -1, i32::MIN] {
+            let mut buf = BytesMut::from(&len.to_be_bytes()[..]);
+            let err = parse_startup_packet(&mut buf).unwrap_err();
+            assert_eq!(err.kind(), ProtocolErrorKind::InvalidLength, "{len}");
+        }
+        // Fewer than four bytes: just wait.
+        let mut buf = BytesMut::from(&[0u8, 0, 0][..]);
+        assert_eq!(parse_startup_packet(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_params() {
+        let cases: &[(&[u8], &str)] = &[
+            // no terminator at all (just the version)
+            (b"", "expected terminator as last byte"),
+            // name without NUL
+            (b"user", "expected terminator as last byte"),
+            // name without value
+            (b"user\0", "missing value for parameter \"user\""),
+            // value without NUL
+            (b"user\0alice", "missing value for parameter \"user\""),
+            // missing final terminator
+            (b"user\0alice\0", "expected terminator as last byte"),
+            // bytes after the terminator
+            (b"user\0alice\0\0junk", "expected terminator as last byte"),
+            (b"user\0alice\0\0\0", "expected terminator as last byte"),
+            // invalid UTF-8
+            (b"user\0\xff\xfe\0\0", "not valid UTF-8"),
+            (b"\xc3\0x\0\0", "not valid UTF-8"),
+        ];
+        for (body, want) in cases {
+            let err = parse_all(&packet(196_608, body)).unwrap_err();
+            assert_eq!(err.kind(), ProtocolErrorKind::Malformed, "{body:?}");
+            assert_eq!(err.code(), sqlstate::PROTOCOL_VIOLATION);
+            assert!(err.to_string().contains(want), "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn get_set_remove() {
+        let mut msg = StartupMessage::new(ProtocolVersion::V3_0);
+        msg.params = vec![
+            ("user".into(), "first".into()),
+            ("database".into(), "db".into()),
+            ("user".into(), "second".into()),
+        ];
+        assert_eq!(msg.get("user"), Some("second"), "last wins");
+        assert_eq!(msg.set("user", "entra@x"), Some("second".to_string()));
+        assert_eq!(
+            msg.params,
+            vec![
+                ("user".to_string(), "entra@x".to_string()),
+                ("database".to_string(), "db".to_string()),
+            ]
+        );
+        assert_eq!(msg.set("application_name", "p"), None);
+        assert_eq!(msg.params.last().unwrap().0, "application_name");
+        assert_eq!(msg.remove("database"), Some("db".to_string()));
+        assert_eq!(msg.remove("database"), None);
+        assert_eq!(msg.database(), None);
+        assert_eq!(msg.set("user", "again"), Some("entra@x".to_string()));
+    }
+
+    #[test]
+    fn version_codes() {
+        assert_eq!(ProtocolVersion::V3_0.code(), 196_608);
+        assert_eq!(ProtocolVersion::from_code(196_610), ProtocolVersion::V3_2);
+        assert!(!ProtocolVersion { major: 2, minor: 0 }.is_supported());
+    }
+}

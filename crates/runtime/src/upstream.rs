@@ -1,0 +1,129 @@
+//! Connecting to the upstream database.
+//!
+//! TCP with a connect timeout (each resolved address tried in turn), `TCP_NODELAY`, and keepalive
+//! (Azure's load balancers drop idle flows after about four minutes). TLS is done by the caller
+//! because PostgreSQL first negotiates it in clear (SSLRequest → 'S'), while CQL starts TLS at once.
+//! The TLS handshake always verifies the certificate chain against [`dbproxy_tls::Trust`] and the
+//! server name against [`Upstream::server_name`].
+
+use std::{sync::Arc, time::Duration};
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+/// Where a listener's sessions go.
+#[derive(Clone)]
+pub struct Upstream {
+    /// DNS name or IP address to connect to.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// The name the server certificate must be valid for (usually `host`).
+    pub server_name: ServerName<'static>,
+    /// TLS client configuration (trust roots).
+    pub tls: Arc<ClientConfig>,
+    /// How long a TCP connect may take.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Why the upstream could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// DNS, refused, unreachable, or timed out.
+    #[error("cannot connect to {target}: {reason}")]
+    Tcp {
+        /// host:port
+        target: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The TLS handshake failed (certificate not trusted, wrong name, protocol).
+    #[error("TLS handshake with {target} failed: {reason}")]
+    Tls {
+        /// host:port
+        target: String,
+        /// rustls's reason, e.g. "invalid peer certificate: NotValidForName".
+        reason: String,
+    },
+}
+
+impl Upstream {
+    /// Opens a TCP connection (timeout, nodelay, keepalive).
+    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
+        let target = self.to_string();
+        let err = |reason: String| ConnectError::Tcp {
+            target: target.clone(),
+            reason,
+        };
+        let addrs = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::lookup_host((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| err("DNS lookup timed out".into()))?
+        .map_err(|e| err(format!("DNS lookup failed: {e}")))?;
+        let mut last = String::from("no address found");
+        for addr in addrs {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    configure_socket(&stream);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => {
+                    last = format!(
+                        "{addr}: timed out after {} ms",
+                        self.connect_timeout.as_millis()
+                    )
+                }
+            }
+        }
+        Err(err(last))
+    }
+
+    /// Runs the TLS handshake over an open connection, verifying the server name.
+    pub async fn tls(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let connector = TlsConnector::from(self.tls.clone());
+        tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| ConnectError::Tls {
+            target: self.to_string(),
+            reason: "timed out".into(),
+        })?
+        .map_err(|e| ConnectError::Tls {
+            target: self.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Sets TCP_NODELAY and keepalive (60 s idle, 15 s interval) on a socket.
+pub fn configure_socket(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2_ref(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15));
+    let _ = sock.set_tcp_keepalive(&keepalive);
+}
+
+fn socket2_ref(stream: &TcpStream) -> socket2::SockRef<'_> {
+    socket2::SockRef::from(stream)
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, idempotently:
+#   - PostgreSQL server + client (initdb, pg_ctl, psql, pgbench) from Debian's packages
+#   - a Python virtualenv with psycopg2 (the seed's Python sample), cached under ~/.cache
+# Prints the variables the test suite reads (EDP_PYTHON) for `eval`.
+set -euo pipefail
+
+cache="${ENTRA_DB_PROXY_CACHE:-$HOME/.cache/entra-db-proxy}"
+mkdir -p "$cache"
+
+need_apt=()
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing from Debian: ${need_apt[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+venv="$cache/venv"
+if ! "$venv/bin/python" -c 'import psycopg2' >/dev/null 2>&1; then
+  echo "creating $venv with psycopg2" >&2
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt >&2
+fi
+echo "export EDP_PYTHON=$venv/bin/python"

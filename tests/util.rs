@@ -1,0 +1,208 @@
+//! Running the real `entra-db-proxy` binary in tests.
+//!
+//! The binary runs with a cleared environment (only what a test passes, plus PATH and HOME),
+//! JSON logs at debug level unless told otherwise, and a listen address of port 0; the test
+//! learns the bound address from the "listening" log line. Every log line is kept so that tests
+//! can assert on it (and the secret-leak test can grep all of it). A failed wait prints the whole
+//! log.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// A running proxy process.
+pub struct Proxy {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Listener name → bound address.
+    pub addrs: BTreeMap<String, SocketAddr>,
+}
+
+/// How to start a proxy.
+#[derive(Clone, Default)]
+pub struct ProxyCmd {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub rust_log: Option<String>,
+}
+
+impl ProxyCmd {
+    pub fn new() -> Self {
+        ProxyCmd::default()
+    }
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn rust_log(mut self, filter: &str) -> Self {
+        self.rust_log = Some(filter.into());
+        self
+    }
+
+    fn command(&self, path_prefix: Option<&Path>) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_entra-db-proxy"));
+        cmd.env_clear();
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path = match path_prefix {
+            Some(p) => format!("{}:{path}", p.display()),
+            None => path,
+        };
+        cmd.env("PATH", path);
+        if let Ok(home) = std::env::var("HOME") {
+            cmd.env("HOME", home);
+        }
+        cmd.env("RUST_LOG", self.rust_log.as_deref().unwrap_or("debug"));
+        cmd.env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.args(["--log-format", "json"]);
+        cmd.args(&self.args);
+        cmd
+    }
+
+    /// Starts the proxy and waits until it logs "entra-db-proxy ready".
+    pub fn spawn(&self) -> Proxy {
+        self.spawn_with_path(None)
+    }
+
+    /// Like [`ProxyCmd::spawn`] with `dir` first on PATH (for a fake `az`).
+    pub fn spawn_with_path(&self, dir: Option<&Path>) -> Proxy {
+        let mut cmd = self.command(dir);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn entra-db-proxy");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("EDP_SHOW_PROXY_LOG").is_some() {
+                        eprintln!("proxy: {line}");
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut proxy = Proxy {
+            child,
+            lines,
+            addrs: BTreeMap::new(),
+        };
+        proxy.wait_for_line(|l| l.contains("entra-db-proxy ready"), Duration::from_secs(20));
+        for line in proxy.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "listening"
+            {
+                let name = v["listener"].as_str().unwrap().to_owned();
+                let addr = v["addr"].as_str().unwrap().parse().unwrap();
+                proxy.addrs.insert(name, addr);
+            }
+        }
+        proxy
+    }
+
+    /// Runs the binary to completion (for configuration errors); returns (exit code, stderr).
+    pub fn run_to_end(&self) -> (Option<i32>, String) {
+        let out = self.command(None).output().expect("run entra-db-proxy");
+        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        (out.status.code(), text)
+    }
+}
+
+impl Proxy {
+    /// The address of the only (or first) listener.
+    pub fn addr(&self) -> SocketAddr {
+        *self.addrs.values().next().expect("a listener")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn log(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Waits until a logged line satisfies `pred`; panics with the log after `timeout`.
+    pub fn wait_for_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("entra-db-proxy exited ({status}) before the expected log line:\n{}", self.log());
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for a log line; log so far:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > Duration::from_secs(40) {
+                let _ = self.child.kill();
+                panic!("proxy did not exit after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- entra-db-proxy log ----\n{}\n----", self.log());
+        }
+    }
+}
+
+/// Runs a command, returning (success, stdout, stderr); panics with context if it can't start.
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
