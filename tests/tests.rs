@@ -1,1 +1,20 @@
+//! Integration tests: the real `entra-db-proxy` binary against a real PostgreSQL (TLS on,
+//! `password` authentication like Azure, plus SCRAM and MD5 variants) and fakes of Azure's
+//! identity endpoints, driven by the clients people run (psql, pgbench, psycopg2,
+//! tokio-postgres). See `util.rs` for how the binary is run and `stack.rs` for the fixture.
 
+mod stack;
+mod util;
+
+/// The command line: --help, configuration errors, Service Connector variables, signals.
+mod cli;
+/// psql, pgbench, tokio-postgres and psycopg2 through the proxy, with no password anywhere.
+mod clients;
+/// Each credential kind end to end, and the default chain.
+mod credentials;
+/// What clients see when something fails, and that one client's garbage hurts no other.
+mod failures;
+/// No secret in a full trace-level log.
+mod secrets;
+/// Token lifetime: refresh, expiry mid-run, rejection and retry, large tokens.
+mod tokens;

@@ -83,7 +83,9 @@ impl ProxyCmd {
     /// Like [`ProxyCmd::spawn`] with `dir` first on PATH (for a fake `az`).
     pub fn spawn_with_path(&self, dir: Option<&Path>) -> Proxy {
         let mut cmd = self.command(dir);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn entra-db-proxy");
         let lines = Arc::new(Mutex::new(Vec::new()));
         for stream in [
@@ -106,7 +108,10 @@ impl ProxyCmd {
             lines,
             addrs: BTreeMap::new(),
         };
-        proxy.wait_for_line(|l| l.contains("entra-db-proxy ready"), Duration::from_secs(20));
+        proxy.wait_for_line(
+            |l| l.contains("entra-db-proxy ready"),
+            Duration::from_secs(20),
+        );
         for line in proxy.lines() {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"] == "listening"
@@ -156,10 +161,16 @@ impl Proxy {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("entra-db-proxy exited ({status}) before the expected log line:\n{}", self.log());
+                panic!(
+                    "entra-db-proxy exited ({status}) before the expected log line:\n{}",
+                    self.log()
+                );
             }
             if start.elapsed() > timeout {
-                panic!("timed out waiting for a log line; log so far:\n{}", self.log());
+                panic!(
+                    "timed out waiting for a log line; log so far:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -199,7 +210,9 @@ impl Drop for Proxy {
 
 /// Runs a command, returning (success, stdout, stderr); panics with context if it can't start.
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

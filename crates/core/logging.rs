@@ -2,6 +2,8 @@
 //! (default `info`). Secrets never reach a log line: they are wrapped in
 //! `dbproxy_credentials::Secret`, whose `Debug` and `Display` are redacted.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Output format of the log.
@@ -20,7 +22,14 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(
+                        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                    )
+                    .with_target(false),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

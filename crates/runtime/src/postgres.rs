@@ -137,6 +137,14 @@ impl Service for PostgresService {
                     let _ = write_all_timeout(&mut client, &buf).await;
                 }
                 let _ = client.shutdown().await;
+                if e.cause == "client_eof" {
+                    // A TCP probe (load balancer, tcpSocket health check) or a client that gave up.
+                    tracing::debug!(
+                        cause = e.cause,
+                        "connection closed before a startup message"
+                    );
+                    return;
+                }
                 tracing::warn!(
                     upstream = %self.upstream,
                     duration_ms = started.elapsed().as_millis() as u64,
