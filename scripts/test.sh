@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 eval "$(scripts/install-deps.sh)"
 export EDP_PYTHON
 
+# One rustls crypto provider (aws-lc-rs) and no OpenSSL anywhere in the tree.
+if cargo tree --workspace --locked -e normal,build,dev --prefix none 2>/dev/null \
+    | grep -E '^(ring|openssl|openssl-sys|native-tls) ' ; then
+  echo "dependency policy: ring/OpenSSL found in the tree (see above)" >&2
+  exit 1
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use dbproxy_credentials::{CredentialOptions, Env, RefreshPolicy, TokenCache};
+use dbproxy_credentials::{CredentialOptions, RefreshPolicy, TokenCache};
 use dbproxy_runtime::{Listener, PostgresService, Shutdown, Upstream};
 use dbproxy_tls::Trust;
 use rustls_pki_types::ServerName;
@@ -30,7 +30,7 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
             .context("HTTP client for Entra ID")?,
         authority_host: config.authority_host.clone(),
         imds_endpoint: config.imds_endpoint.clone(),
-        env: Env::from_pairs(env.pairs().map(|(k, v)| (k.to_owned(), v.to_owned()))),
+        env,
         ..CredentialOptions::default()
     };
 
@@ -42,10 +42,12 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
         let cache = TokenCache::new(source, l.scope.clone(), RefreshPolicy::default());
         cache.spawn_refresher();
 
-        let trust = match (&l.tls_ca_file, &config.ca_file) {
-            (None, _) => http_trust.clone(),
-            (Some(ca), _) => {
-                Trust::new(Some(ca)).with_context(|| format!("listener {}: tls.ca_file", l.name))?
+        // The listener's CA file adds to the global one (and the OS roots).
+        let trust = match &l.tls_ca_file {
+            None => http_trust.clone(),
+            Some(ca) => {
+                Trust::with_ca_files(config.ca_file.as_deref().into_iter().chain([ca.as_path()]))
+                    .with_context(|| format!("listener {}: tls.ca_file", l.name))?
             }
         };
         let server_name = ServerName::try_from(l.tls_server_name.clone()).with_context(|| {

@@ -6,7 +6,6 @@
 //! the key and what was expected, and the proxy refuses to start.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -26,52 +25,9 @@ pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.def
 /// Default local address of the PostgreSQL listener.
 pub const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:5432";
 
-/// A copy of the environment taken once at start-up, so that configuration is reproducible
-/// and tests can inject variables.
-#[derive(Clone, Default)]
-pub struct EnvSnapshot(BTreeMap<String, String>);
-
-impl std::fmt::Debug for EnvSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Names only: values may be secrets.
-        f.debug_list().entries(self.0.keys()).finish()
-    }
-}
-
-impl EnvSnapshot {
-    /// The process environment (variables that are not UTF-8 are skipped).
-    pub fn from_process() -> Self {
-        EnvSnapshot(
-            std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
-        )
-    }
-
-    /// An environment made of these pairs.
-    #[cfg(test)]
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        EnvSnapshot(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        )
-    }
-
-    /// A variable's value; empty values count as unset.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    }
-
-    /// All pairs.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-}
+/// A copy of the environment taken once at start-up, so that configuration is reproducible and
+/// tests can inject variables; the credentials read the same copy.
+pub use dbproxy_credentials::Env as EnvSnapshot;
 
 /// Protocol spoken by a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

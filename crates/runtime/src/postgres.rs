@@ -103,8 +103,7 @@ impl SessionError {
 
 const HINT_UPSTREAM: &str = "Check the listener's upstream host and port, DNS, and that the server's firewall admits this host.";
 const HINT_TLS: &str = "Check the upstream name the certificate must match (tls.server_name) and the trusted CAs (tls.ca_file, SSL_CERT_FILE, SSL_CERT_DIR).";
-const HINT_CREDENTIAL: &str =
-    "Check the proxy's credential settings and its log; `entra-db-proxy check` tries them.";
+const HINT_CREDENTIAL: &str = "Check the proxy's credential settings (--credential and its ids) and the proxy's log, which names the endpoint that failed.";
 
 impl Service for PostgresService {
     async fn serve(self: Arc<Self>, mut client: TcpStream, _peer: SocketAddr) {

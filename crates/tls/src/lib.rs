@@ -73,6 +73,13 @@ impl std::fmt::Debug for Trust {
 impl Trust {
     /// OS roots (honouring `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the certificates in `ca_file`.
     pub fn new(ca_file: Option<&Path>) -> Result<Trust, TlsError> {
+        Trust::with_ca_files(ca_file.into_iter())
+    }
+
+    /// OS roots plus the certificates of every file in `ca_files`.
+    pub fn with_ca_files<'a>(
+        ca_files: impl IntoIterator<Item = &'a Path>,
+    ) -> Result<Trust, TlsError> {
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for err in &native.errors {
@@ -80,7 +87,7 @@ impl Trust {
         }
         let (os, _ignored) = roots.add_parsable_certificates(native.certs);
         let mut extra = 0;
-        if let Some(path) = ca_file {
+        for path in ca_files {
             let certs = load_pem_certs(path)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
@@ -89,7 +96,7 @@ impl Trust {
                     reason: "holds no usable certificate".into(),
                 });
             }
-            extra = added;
+            extra += added;
         }
         if roots.is_empty() {
             return Err(TlsError::NoRoots);
