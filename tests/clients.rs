@@ -97,7 +97,17 @@ async fn pgbench_runs_through_the_proxy() {
 async fn psycopg2_seed_sample_without_token_code() {
     let s = Stack::start().await;
     let proxy = s.proxy_sp().spawn();
-    let python = std::env::var("EDP_PYTHON").unwrap_or_else(|_| "python3".into());
+    // scripts/install-deps.sh sets EDP_PYTHON to its virtualenv (also found when not set).
+    let cached = std::env::var("HOME")
+        .map(|h| format!("{h}/.cache/entra-db-proxy/venv/bin/python"))
+        .unwrap_or_default();
+    let python = std::env::var("EDP_PYTHON").unwrap_or_else(|_| {
+        if std::path::Path::new(&cached).exists() {
+            cached
+        } else {
+            "python3".into()
+        }
+    });
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/psycopg2_sample.py"

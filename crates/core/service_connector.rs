@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn nothing_set() {
-        assert_eq!(postgres_target(&EnvSnapshot::from_pairs([])).unwrap(), None);
+        assert_eq!(postgres_target(&EnvSnapshot::default()).unwrap(), None);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl std::fmt::Debug for Trust {
 impl Trust {
     /// OS roots (honouring `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the certificates in `ca_file`.
     pub fn new(ca_file: Option<&Path>) -> Result<Trust, TlsError> {
-        Trust::with_ca_files(ca_file.into_iter())
+        Trust::with_ca_files(ca_file)
     }
 
     /// OS roots plus the certificates of every file in `ca_files`.
