@@ -21,9 +21,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv="$cache/venv"
-if ! "$venv/bin/python" -c 'import psycopg2' >/dev/null 2>&1; then
-  echo "creating $venv with psycopg2" >&2
+# Re-install when tests/clients/requirements.txt changes (its hash is kept in the venv).
+want=$(sha256sum tests/clients/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import psycopg2' >/dev/null 2>&1; then
+  echo "installing the Python test clients into $venv" >&2
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt >&2
+  echo "$want" > "$venv/.requirements-sha256"
 fi
 echo "export EDP_PYTHON=$venv/bin/python"

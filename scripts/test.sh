@@ -17,3 +17,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+
+# Deployment artifacts: Kubernetes manifests against the schemas (offline), the Dockerfile
+# linted, the systemd unit verified; the self-test proves each check can fail.
+scripts/validate-deploy.sh --self-test

@@ -97,17 +97,7 @@ async fn pgbench_runs_through_the_proxy() {
 async fn psycopg2_seed_sample_without_token_code() {
     let s = Stack::start().await;
     let proxy = s.proxy_sp().spawn();
-    // scripts/install-deps.sh sets EDP_PYTHON to its virtualenv (also found when not set).
-    let cached = std::env::var("HOME")
-        .map(|h| format!("{h}/.cache/entra-db-proxy/venv/bin/python"))
-        .unwrap_or_default();
-    let python = std::env::var("EDP_PYTHON").unwrap_or_else(|_| {
-        if std::path::Path::new(&cached).exists() {
-            cached
-        } else {
-            "python3".into()
-        }
-    });
+    let python = python();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/psycopg2_sample.py"
@@ -126,4 +116,19 @@ async fn psycopg2_seed_sample_without_token_code() {
         "{python} {script} failed (run scripts/test.sh, which installs psycopg2 and sets EDP_PYTHON):\n{err}\n{out}"
     );
     assert_eq!(out.trim(), format!("ok user={ENTRA_USER} rows=3"));
+}
+
+/// The Python with the test clients installed: scripts/install-deps.sh sets EDP_PYTHON to its
+/// virtualenv (also found when not set).
+pub fn python() -> String {
+    let cached = std::env::var("HOME")
+        .map(|h| format!("{h}/.cache/entra-db-proxy/venv/bin/python"))
+        .unwrap_or_default();
+    std::env::var("EDP_PYTHON").unwrap_or_else(|_| {
+        if std::path::Path::new(&cached).exists() {
+            cached
+        } else {
+            "python3".into()
+        }
+    })
 }

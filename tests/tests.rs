@@ -14,6 +14,8 @@ mod clients;
 mod credentials;
 /// What clients see when something fails, and that one client's garbage hurts no other.
 mod failures;
+/// Probes, metrics, connection cap, `check`, idle timeout, shutdown.
+mod ops;
 /// No secret in a full trace-level log.
 mod secrets;
 /// Token lifetime: refresh, expiry mid-run, rejection and retry, large tokens.

@@ -22,6 +22,8 @@ pub struct Proxy {
     lines: Arc<Mutex<Vec<String>>>,
     /// Listener name → bound address.
     pub addrs: BTreeMap<String, SocketAddr>,
+    /// The admin server's address, if one was asked for.
+    pub admin: Option<SocketAddr>,
 }
 
 /// How to start a proxy.
@@ -107,6 +109,7 @@ impl ProxyCmd {
             child,
             lines,
             addrs: BTreeMap::new(),
+            admin: None,
         };
         proxy.wait_for_line(
             |l| l.contains("entra-db-proxy ready"),
@@ -119,6 +122,13 @@ impl ProxyCmd {
                 let name = v["listener"].as_str().unwrap().to_owned();
                 let addr = v["addr"].as_str().unwrap().parse().unwrap();
                 proxy.addrs.insert(name, addr);
+            }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("admin server listening"))
+            {
+                proxy.admin = v["addr"].as_str().and_then(|a| a.parse().ok());
             }
         }
         proxy
@@ -176,6 +186,26 @@ impl Proxy {
         }
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("proxy did not exit in {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         unsafe { libc_kill(self.child.id() as i32, 15) };
@@ -218,4 +248,31 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A plain HTTP/1.0 GET against the admin server: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin server");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("admin answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

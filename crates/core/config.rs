@@ -54,6 +54,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long sessions may run on after a shutdown signal.
     pub max_shutdown_delay: Duration,
+    /// How long to keep accepting after a shutdown signal.
+    pub min_shutdown_delay: Duration,
+    /// Admin HTTP server address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Close sessions idle this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One listener.
@@ -81,6 +87,8 @@ pub struct ListenerConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Name the certificate must match.
     pub tls_server_name: String,
+    /// Connection cap (0: none).
+    pub max_connections: usize,
 }
 
 // ---- The TOML file ----
@@ -94,6 +102,10 @@ struct FileConfig {
     handshake_timeout: Option<u64>,
     connect_timeout: Option<u64>,
     max_shutdown_delay: Option<u64>,
+    min_shutdown_delay: Option<u64>,
+    admin_listen: Option<String>,
+    idle_timeout: Option<u64>,
+    max_connections: Option<usize>,
     #[serde(default, rename = "listener")]
     listeners: Vec<FileListener>,
 }
@@ -108,6 +120,7 @@ struct FileListener {
     user: String,
     database: Option<String>,
     scope: Option<String>,
+    max_connections: Option<usize>,
     #[serde(default)]
     credential: FileCredential,
     #[serde(default)]
@@ -198,7 +211,8 @@ impl Config {
             }
             for (i, l) in f.listeners.iter().enumerate() {
                 let ctx = || format!("{}: listener[{i}]", path.display());
-                listeners.push(file_listener(l, i, flags, env).with_context(ctx)?);
+                listeners
+                    .push(file_listener(l, i, flags, f.max_connections, env).with_context(ctx)?);
             }
             if listeners.is_empty() {
                 bail!(
@@ -252,6 +266,32 @@ impl Config {
                 file_cfg.and_then(|f| f.max_shutdown_delay),
                 30,
             ),
+            min_shutdown_delay: secs(
+                flags.min_shutdown_delay,
+                file_cfg.and_then(|f| f.min_shutdown_delay),
+                0,
+            ),
+            admin_listen: match (
+                flags.admin_listen,
+                file_cfg.and_then(|f| f.admin_listen.as_deref()),
+            ) {
+                (Some(a), _) => Some(a),
+                (None, Some(s)) => Some(s.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: admin_listen: expected IP:PORT such as 127.0.0.1:9801, got {s:?}",
+                        file.as_ref()
+                            .map(|(p, _)| p.display().to_string())
+                            .unwrap_or_default()
+                    )
+                })?),
+                (None, None) => None,
+            },
+            idle_timeout: Some(secs(
+                flags.idle_timeout,
+                file_cfg.and_then(|f| f.idle_timeout),
+                0,
+            ))
+            .filter(|d| !d.is_zero()),
         })
     }
 }
@@ -271,6 +311,7 @@ fn file_listener(
     l: &FileListener,
     index: usize,
     flags: &Flags,
+    global_max: Option<usize>,
     env: &EnvSnapshot,
 ) -> anyhow::Result<ListenerConfig> {
     let (host, port) = split_host_port(&l.upstream)
@@ -297,7 +338,6 @@ fn file_listener(
         env,
     )
     .context("credential")?;
-    let _ = flags;
     Ok(ListenerConfig {
         name: l.name.clone().unwrap_or_else(|| format!("listener{index}")),
         protocol: l.protocol,
@@ -310,6 +350,11 @@ fn file_listener(
         credential,
         scope: l.scope.clone().unwrap_or_else(|| POSTGRES_SCOPE.to_owned()),
         tls_ca_file: l.tls.ca_file.clone(),
+        max_connections: flags
+            .max_connections
+            .or(l.max_connections)
+            .or(global_max)
+            .unwrap_or(0),
     })
 }
 
@@ -356,6 +401,7 @@ fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Lis
             .clone()
             .unwrap_or_else(|| POSTGRES_SCOPE.to_owned()),
         tls_ca_file: None,
+        max_connections: flags.max_connections.unwrap_or(0),
     }))
 }
 

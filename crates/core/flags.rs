@@ -113,9 +113,37 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "SECS")]
     pub max_shutdown_delay: Option<u64>,
 
+    /// Serve /startup, /liveness, /readiness and /metrics over HTTP on this address (off by default).
+    #[arg(long, env = "ENTRA_DB_PROXY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Most client connections each listener serves at once; more get a "too many connections" error [default: 0, no cap].
+    #[arg(long, env = "ENTRA_DB_PROXY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Close sessions that moved no byte for this many seconds [default: 0, never].
+    #[arg(long, env = "ENTRA_DB_PROXY_IDLE_TIMEOUT", value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Seconds to keep accepting after SIGTERM/SIGINT (readiness fails at once), so load balancers notice [default: 0].
+    #[arg(long, env = "ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", value_name = "SECS")]
+    pub min_shutdown_delay: Option<u64>,
+
     /// Log format; the level comes from RUST_LOG (e.g. `info`, `debug`, `entra_db_proxy=trace`).
     #[arg(long, env = "ENTRA_DB_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// What to do [default: serve].
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Acquire each listener's credential and log in upstream once, print a table, and exit
+    /// non-zero if any failed (for init containers, CI, and first-run debugging).
+    Check,
 }
 
 /// Where the token comes from.

@@ -43,8 +43,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(config, env)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match flags.command {
+        Some(flags::Command::Check) => runtime.block_on(app::check(config, env)),
+        None => runtime.block_on(app::run(config, env)).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("entra-db-proxy: {e:#}");

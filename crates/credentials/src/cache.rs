@@ -254,7 +254,7 @@ impl Inner {
 
 /// Delay before retry number `failures` (≥ 1): `min_backoff · 2^(failures-1)` capped at
 /// `max_backoff`, drawn uniformly from the upper half of that.
-fn backoff(policy: &RefreshPolicy, failures: u32) -> Duration {
+pub(crate) fn backoff(policy: &RefreshPolicy, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
     let base = policy
         .min_backoff

@@ -31,6 +31,10 @@
 //! * `chain` — the default chain (environment → workload identity → managed identity → CLI).
 //! * `cache` — [`TokenCache`]: refresh-ahead, single-flight, backoff, invalidation.
 //! * `wire` — wire-format helpers shared by the HTTP sources.
+//! * `password` — [`PasswordSource`]: what a listener logs in with ([`TokenCache`] implements it:
+//!   the token is the password).
+//! * `cosmos` — [`CosmosKeySource`]: a Cosmos DB account key from ARM `listKeys` (Cassandra API).
+//! * `password_file` — [`PasswordFile`]: a password kept in a file (development only).
 //!
 //! All sources are hand-written over reqwest rather than wrapping `azure_identity` (see each
 //! module's notes): the SDK's credentials cache tokens internally (defeating
@@ -43,10 +47,13 @@ mod cache;
 mod certificate;
 mod chain;
 mod cli;
+mod cosmos;
 mod entra;
 mod env;
 mod error;
 mod managed_identity;
+mod password;
+mod password_file;
 mod secret;
 mod source;
 #[cfg(test)]
@@ -54,8 +61,11 @@ mod testutil;
 mod wire;
 
 pub use cache::{CacheStatus, EXPIRY_MARGIN, RefreshPolicy, TokenCache};
+pub use cosmos::{COSMOS_ARM_SCOPE, CosmosKeyKind, CosmosKeySource, DEFAULT_KEY_REFRESH};
 pub use env::Env;
 pub use error::{CredentialError, ErrorKind};
+pub use password::PasswordSource;
+pub use password_file::PasswordFile;
 pub use secret::{AccessToken, Secret};
 pub use source::{CredentialOptions, CredentialSpec, TokenSource, UserAssignedId, build};
 

@@ -8,17 +8,22 @@
 //!   GSSENCRequest / CancelRequest / StartupMessage) → credential → upstream TLS → login → relay.
 //! - [`upstream`]: TCP connect with a timeout, then TLS with the server name verified.
 //! - [`relay`]: once logged in, plain bytes both ways until either side closes.
+//! - [`metrics`] and [`admin`]: Prometheus metrics and the probe/metrics HTTP server.
 //!
 //! The protocol details (message layouts, the login state machine) are sans-IO and live in the
 //! `dbproxy-postgres` crate; credentials (Entra ID tokens, their cache) in `dbproxy-credentials`.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod listener;
+pub mod metrics;
 pub mod postgres;
 pub mod relay;
 pub mod upstream;
 
+pub use admin::{AdminServer, Health};
 pub use listener::{Listener, Shutdown};
+pub use metrics::{ListenerMetrics, Metrics};
 pub use postgres::PostgresService;
 pub use upstream::Upstream;

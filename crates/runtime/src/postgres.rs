@@ -35,7 +35,8 @@ use tokio::{
 
 use crate::{
     listener::Service,
-    relay::{Transferred, relay},
+    metrics::ListenerMetrics,
+    relay::{RelayEnd, RelayOptions, Transferred, relay},
     upstream::Upstream,
 };
 
@@ -53,12 +54,20 @@ pub struct PostgresService {
     pub credential: Arc<TokenCache>,
     /// Bound on the client's startup and on the upstream login, each.
     pub handshake_timeout: Duration,
+    /// Close sessions idle for this long (None: never).
+    pub idle_timeout: Option<Duration>,
+    /// This listener's metrics.
+    pub metrics: ListenerMetrics,
 }
 
 /// How a session ended, for the one log line written at close.
 #[derive(Debug)]
 enum Outcome {
-    Relayed(Transferred),
+    Relayed {
+        transferred: Transferred,
+        end: RelayEnd,
+        database: String,
+    },
     Cancelled,
 }
 
@@ -108,34 +117,28 @@ const HINT_CREDENTIAL: &str = "Check the proxy's credential settings (--credenti
 impl Service for PostgresService {
     async fn serve(self: Arc<Self>, mut client: TcpStream, _peer: SocketAddr) {
         let started = Instant::now();
-        match self.session(&mut client).await {
-            Ok(Outcome::Relayed(t)) => tracing::info!(
+        match self.session(&mut client, started).await {
+            Ok(Outcome::Relayed {
+                transferred: t,
+                end,
+                database,
+            }) => tracing::info!(
                 upstream = %self.upstream,
+                user = %self.user,
+                database = %database,
                 duration_ms = started.elapsed().as_millis() as u64,
                 bytes_to_upstream = t.to_upstream,
                 bytes_to_client = t.to_client,
-                outcome = "closed",
+                outcome = match end {
+                    RelayEnd::Closed => "closed",
+                    RelayEnd::Idle => "idle timeout",
+                },
                 "session ended"
             ),
             Ok(Outcome::Cancelled) => {
                 tracing::info!(upstream = %self.upstream, outcome = "cancel forwarded", "cancel request")
             }
             Err(e) => {
-                if let Some(code) = e.code {
-                    let mut buf = BytesMut::new();
-                    messages::error_response(
-                        &ErrorFields {
-                            severity: "FATAL",
-                            code,
-                            message: e.message.clone(),
-                            detail: None,
-                            hint: e.hint.map(str::to_owned),
-                        },
-                        &mut buf,
-                    );
-                    let _ = write_all_timeout(&mut client, &buf).await;
-                }
-                let _ = client.shutdown().await;
                 if e.cause == "client_eof" {
                     // A TCP probe (load balancer, tcpSocket health check) or a client that gave up.
                     tracing::debug!(
@@ -144,8 +147,11 @@ impl Service for PostgresService {
                     );
                     return;
                 }
+                self.metrics.handshake_failed(e.cause);
+                send_error(&mut client, &e).await;
                 tracing::warn!(
                     upstream = %self.upstream,
+                    user = %self.user,
                     duration_ms = started.elapsed().as_millis() as u64,
                     cause = e.cause,
                     error = %e.message,
@@ -155,10 +161,58 @@ impl Service for PostgresService {
             }
         }
     }
+
+    async fn reject_busy(self: Arc<Self>, mut client: TcpStream) {
+        // Like PostgreSQL, read the startup first so that libpq shows the message.
+        let start =
+            tokio::time::timeout(self.handshake_timeout, read_client_startup(&mut client)).await;
+        let e = match start {
+            Ok(Ok(ClientStart::Cancel(bytes))) => {
+                // Cancels never count against the cap: they free a busy session.
+                let _ = self.forward_cancel(&bytes).await;
+                return;
+            }
+            Ok(Ok(ClientStart::Startup(_))) => SessionError::new(
+                "too_many_connections",
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "sorry, too many clients already: listener \"{}\" is at its connection cap",
+                    self.name
+                ),
+                Some("Retry later, or raise --max-connections."),
+            ),
+            Ok(Err(e)) => e,
+            Err(_) => return,
+        };
+        send_error(&mut client, &e).await;
+    }
+}
+
+/// Sends the client a FATAL ErrorResponse for `e` (if it carries a SQLSTATE) and closes.
+async fn send_error(client: &mut TcpStream, e: &SessionError) {
+    if let Some(code) = e.code {
+        let mut buf = BytesMut::new();
+        messages::error_response(
+            &ErrorFields {
+                severity: messages::FATAL,
+                code,
+                message: e.message.clone(),
+                detail: None,
+                hint: e.hint.map(str::to_owned),
+            },
+            &mut buf,
+        );
+        let _ = write_all_timeout(client, &buf).await;
+    }
+    let _ = client.shutdown().await;
 }
 
 impl PostgresService {
-    async fn session(&self, client: &mut TcpStream) -> Result<Outcome, SessionError> {
+    async fn session(
+        &self,
+        client: &mut TcpStream,
+        started: Instant,
+    ) -> Result<Outcome, SessionError> {
         // 1. Client startup.
         let startup = tokio::time::timeout(self.handshake_timeout, read_client_startup(client))
             .await
@@ -243,11 +297,51 @@ impl PostgresService {
         };
         tracing::info!(user = %self.user, database = %database, "logged in upstream; relaying");
 
+        self.metrics
+            .handshake
+            .observe(started.elapsed().as_secs_f64());
+
         // 5. Relay.
-        let transferred = relay(client, &mut upstream)
+        let options = RelayOptions {
+            to_upstream: self.metrics.bytes_to_upstream.clone(),
+            to_client: self.metrics.bytes_to_client.clone(),
+            idle_timeout: self.idle_timeout,
+        };
+        let (transferred, end) = relay(client, &mut upstream, options)
             .await
             .map_err(|e| SessionError::silent("relay", format!("relay ended: {e}")))?;
-        Ok(Outcome::Relayed(transferred))
+        Ok(Outcome::Relayed {
+            transferred,
+            end,
+            database,
+        })
+    }
+
+    /// `entra-db-proxy check`: acquires the credential and performs a full upstream login as
+    /// a client would trigger it, then terminates the session. Returns what was verified.
+    pub async fn check(&self) -> Result<String, String> {
+        let token = self
+            .credential
+            .get()
+            .await
+            .map_err(|e| format!("credential: {e}"))?;
+        let mut startup = StartupMessage::new(dbproxy_postgres::ProtocolVersion::V3_0);
+        startup.set("application_name", "entra-db-proxy check");
+        let startup = self.upstream_startup(startup);
+        let database = startup.get("database").unwrap_or(&self.user).to_owned();
+        let login = UpstreamLogin::new(startup, token.token.expose().as_bytes().to_vec());
+        match self.connect_and_login(login).await {
+            Ok(LoginResult::Authenticated { mut tls, .. }) => {
+                // Terminate ('X'), then close.
+                let _ = tls.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = tls.shutdown().await;
+                Ok(format!("logged in as {} to database {database}", self.user))
+            }
+            Ok(LoginResult::Rejected { code, message, .. }) => {
+                Err(format!("the server refused the login: {code} {message}"))
+            }
+            Err(e) => Err(e.message),
+        }
     }
 
     /// The StartupMessage sent upstream: the client's, with `user` replaced by the Entra user and
@@ -270,6 +364,17 @@ impl PostgresService {
 
     /// TCP, SSLRequest, TLS.
     async fn connect_upstream(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SessionError> {
+        let started = Instant::now();
+        let tls = self.connect_upstream_inner().await?;
+        self.metrics
+            .connect
+            .observe(started.elapsed().as_secs_f64());
+        Ok(tls)
+    }
+
+    async fn connect_upstream_inner(
         &self,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SessionError> {
         let mut tcp = self.upstream.connect_tcp().await.map_err(|e| {

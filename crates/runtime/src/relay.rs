@@ -1,9 +1,26 @@
 //! The relay: after login, bytes flow both ways unparsed until either side closes.
 //!
 //! `tokio::io::copy_bidirectional` does the work; when one direction reaches end of stream it
-//! shuts the other side's write half down, so a client's Terminate and close propagate.
+//! shuts the other side's write half down, so a client's Terminate and close propagate. The
+//! client stream is wrapped in [`Metered`], which counts bytes into the listener's metrics as
+//! they pass (so long sessions show up before they end) and notes the last activity for the
+//! optional idle timeout.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Instant,
+};
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Default, Clone, Copy)]
@@ -14,15 +31,176 @@ pub struct Transferred {
     pub to_client: u64,
 }
 
-/// Relays until both directions are closed or one fails; returns the byte counts.
-pub async fn relay<C, U>(client: &mut C, upstream: &mut U) -> std::io::Result<Transferred>
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// A side closed.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+}
+
+/// Counters and limits for one relay.
+pub struct RelayOptions {
+    /// Client → upstream byte counter.
+    pub to_upstream: Counter,
+    /// Upstream → client byte counter.
+    pub to_client: Counter,
+    /// Close after this long without a byte in either direction.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Relays until both directions are closed, one fails, or the session idles out.
+pub async fn relay<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    options: RelayOptions,
+) -> std::io::Result<(Transferred, RelayEnd)>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (to_upstream, to_client) = tokio::io::copy_bidirectional(client, upstream).await?;
-    Ok(Transferred {
-        to_upstream,
-        to_client,
-    })
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut metered = Metered {
+        inner: client,
+        to_upstream: options.to_upstream,
+        to_client: options.to_client,
+        started,
+        last_activity_ms: last.clone(),
+        moved: Transferred::default(),
+    };
+    let idle = async {
+        let Some(limit) = options.idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last_ms = last.load(Ordering::Relaxed);
+            let deadline = started + Duration::from_millis(last_ms) + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut metered, upstream) => {
+            let (to_upstream, to_client) = r?;
+            Ok((Transferred { to_upstream, to_client }, RelayEnd::Closed))
+        }
+        _ = idle => Ok((metered.moved, RelayEnd::Idle)),
+    }
+}
+
+/// A client stream that counts the bytes read from it (→ upstream) and written to it (→ client).
+struct Metered<'a, C: ?Sized> {
+    inner: &'a mut C,
+    to_upstream: Counter,
+    to_client: Counter,
+    started: Instant,
+    last_activity_ms: Arc<AtomicU64>,
+    moved: Transferred,
+}
+
+impl<C: ?Sized> Metered<'_, C> {
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<C: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, C> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.to_upstream.inc_by(n);
+            this.moved.to_upstream += n;
+            this.touch();
+        }
+        r
+    }
+}
+
+impl<C: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, C> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            this.to_client.inc_by(*n as u64);
+            this.moved.to_client += *n as u64;
+            this.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn counts_both_ways_and_propagates_close() {
+        let (mut client_app, mut client_side) = tokio::io::duplex(64);
+        let (mut upstream_side, mut server) = tokio::io::duplex(64);
+        let to_upstream = Counter::default();
+        let to_client = Counter::default();
+        let opts = RelayOptions {
+            to_upstream: to_upstream.clone(),
+            to_client: to_client.clone(),
+            idle_timeout: None,
+        };
+        let relay = tokio::spawn(async move {
+            relay(&mut client_side, &mut upstream_side, opts)
+                .await
+                .unwrap()
+        });
+        client_app.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(b"world!!").await.unwrap();
+        let mut buf = [0u8; 7];
+        client_app.read_exact(&mut buf).await.unwrap();
+        drop(client_app);
+        drop(server);
+        let (t, end) = relay.await.unwrap();
+        assert_eq!((t.to_upstream, t.to_client, end), (5, 7, RelayEnd::Closed));
+        assert_eq!((to_upstream.get(), to_client.get()), (5, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_are_closed() {
+        let (_client_app, mut client_side) = tokio::io::duplex(64);
+        let (mut upstream_side, _server) = tokio::io::duplex(64);
+        let opts = RelayOptions {
+            to_upstream: Counter::default(),
+            to_client: Counter::default(),
+            idle_timeout: Some(Duration::from_secs(30)),
+        };
+        let (_, end) = relay(&mut client_side, &mut upstream_side, opts)
+            .await
+            .unwrap();
+        assert_eq!(end, RelayEnd::Idle);
+    }
 }

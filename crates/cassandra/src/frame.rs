@@ -1,0 +1,864 @@
+//! CQL frames ("envelopes" in v5): the header, raw frames, the decoder and the encoder.
+//!
+//! # Layout (v3, v4, and v5 inside segments)
+//!
+//! ```text
+//!  0         8        16        24        32         40
+//!  +---------+---------+---------+---------+---------+
+//!  | version |  flags  |      stream       | opcode  |
+//!  +---------+---------+---------+---------+---------+
+//!  |                length                 |
+//!  +---------+---------+---------+---------+
+//!  |  body (length bytes)  ...
+//! ```
+//!
+//! `version`'s top bit is the direction (0x80 = response); `stream` is a signed 16-bit id
+//! (-1 for server-pushed EVENTs); `length` is the body length, big-endian, at most 256 MB.
+//! Flags: 0x01 compressed body, 0x02 tracing, 0x04 custom payload, 0x08 warning, 0x10 beta.
+//! v1/v2 headers (8 bytes, a one-byte stream) are read and written too, only so that a very
+//! old client can be told its version is unsupported.
+//!
+//! A [`Frame`] keeps its body exactly as it was on the wire (still compressed if flag 0x01
+//! says so): the proxy relays frames without looking inside them, and decodes a body only
+//! where it must read or rewrite it.
+//!
+//! # Framing
+//!
+//! v3/v4 connections, and v5 connections until the server's READY or AUTHENTICATE, put
+//! frames straight on the wire ([`Framing::Legacy`]). Afterwards a v5 connection wraps
+//! frames in checksummed segments ([`Framing::V5`], see [`crate::segment`]).
+//!
+//! # Body compression (v3/v4)
+//!
+//! With `COMPRESSION` negotiated in STARTUP, a frame whose flag 0x01 is set carries a
+//! compressed body: `lz4` = `[int uncompressed length]` + an LZ4 block; `snappy` = a raw
+//! snappy block. See [`BodyCompression`].
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::CqlError;
+use crate::segment;
+
+/// Length of a v3+ frame header.
+pub const HEADER_LEN: usize = 9;
+/// Length of a v1/v2 frame header (one-byte stream id).
+pub const LEGACY_V2_HEADER_LEN: usize = 8;
+/// The protocol's own bound on a frame body: 256 MB.
+pub const MAX_FRAME_LEN: usize = 256 * 1024 * 1024;
+/// A bound for frames exchanged before READY (OPTIONS, STARTUP, AUTHENTICATE, …).
+pub const HANDSHAKE_MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Message opcodes (spec §2.4).
+pub mod opcode {
+    /// ERROR (response).
+    pub const ERROR: u8 = 0x00;
+    /// STARTUP (request).
+    pub const STARTUP: u8 = 0x01;
+    /// READY (response).
+    pub const READY: u8 = 0x02;
+    /// AUTHENTICATE (response).
+    pub const AUTHENTICATE: u8 = 0x03;
+    /// OPTIONS (request).
+    pub const OPTIONS: u8 = 0x05;
+    /// SUPPORTED (response).
+    pub const SUPPORTED: u8 = 0x06;
+    /// QUERY (request).
+    pub const QUERY: u8 = 0x07;
+    /// RESULT (response).
+    pub const RESULT: u8 = 0x08;
+    /// PREPARE (request).
+    pub const PREPARE: u8 = 0x09;
+    /// EXECUTE (request).
+    pub const EXECUTE: u8 = 0x0A;
+    /// REGISTER (request).
+    pub const REGISTER: u8 = 0x0B;
+    /// EVENT (server push, stream -1).
+    pub const EVENT: u8 = 0x0C;
+    /// BATCH (request).
+    pub const BATCH: u8 = 0x0D;
+    /// AUTH_CHALLENGE (response).
+    pub const AUTH_CHALLENGE: u8 = 0x0E;
+    /// AUTH_RESPONSE (request).
+    pub const AUTH_RESPONSE: u8 = 0x0F;
+    /// AUTH_SUCCESS (response).
+    pub const AUTH_SUCCESS: u8 = 0x10;
+
+    /// The spec's name for an opcode, for logs and error messages.
+    pub fn name(op: u8) -> &'static str {
+        match op {
+            ERROR => "ERROR",
+            STARTUP => "STARTUP",
+            READY => "READY",
+            AUTHENTICATE => "AUTHENTICATE",
+            OPTIONS => "OPTIONS",
+            SUPPORTED => "SUPPORTED",
+            QUERY => "QUERY",
+            RESULT => "RESULT",
+            PREPARE => "PREPARE",
+            EXECUTE => "EXECUTE",
+            REGISTER => "REGISTER",
+            EVENT => "EVENT",
+            BATCH => "BATCH",
+            AUTH_CHALLENGE => "AUTH_CHALLENGE",
+            AUTH_RESPONSE => "AUTH_RESPONSE",
+            AUTH_SUCCESS => "AUTH_SUCCESS",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Header flags (spec §2.2).
+pub mod flags {
+    /// The body is compressed with the algorithm negotiated in STARTUP (v3/v4).
+    pub const COMPRESSION: u8 = 0x01;
+    /// Tracing: a response body starts with a 16-byte tracing id.
+    pub const TRACING: u8 = 0x02;
+    /// A `[bytes map]` custom payload precedes the message (after tracing id and warnings).
+    pub const CUSTOM_PAYLOAD: u8 = 0x04;
+    /// A response body carries a `[string list]` of warnings (after the tracing id).
+    pub const WARNING: u8 = 0x08;
+    /// The client opts in to a beta protocol version.
+    pub const USE_BETA: u8 = 0x10;
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Protocol version, without the direction bit.
+    pub version: u8,
+    /// True for server → client frames (the 0x80 bit of the version byte).
+    pub response: bool,
+    /// Header flags ([`flags`]).
+    pub flags: u8,
+    /// Stream id.
+    pub stream: i16,
+    /// Message opcode ([`opcode`]).
+    pub opcode: u8,
+    /// Body length as announced.
+    pub body_len: u32,
+}
+
+impl FrameHeader {
+    /// The header length implied by a frame's first byte: 8 for v1/v2, 9 otherwise.
+    pub fn len_for(first_byte: u8) -> usize {
+        if first_byte & 0x7f < 3 {
+            LEGACY_V2_HEADER_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// Parses a header from the start of `buf`; `None` if `buf` is shorter than the header.
+    pub fn parse(buf: &[u8]) -> Option<FrameHeader> {
+        let first = *buf.first()?;
+        let len = Self::len_for(first);
+        if buf.len() < len {
+            return None;
+        }
+        let version = first & 0x7f;
+        let response = first & 0x80 != 0;
+        let (stream, rest) = if len == HEADER_LEN {
+            (i16::from_be_bytes([buf[2], buf[3]]), &buf[4..9])
+        } else {
+            (i16::from(buf[2] as i8), &buf[3..8])
+        };
+        Some(FrameHeader {
+            version,
+            response,
+            flags: buf[1],
+            stream,
+            opcode: rest[0],
+            body_len: u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]),
+        })
+    }
+
+    /// This header's encoded length.
+    pub fn encoded_len(&self) -> usize {
+        if self.version < 3 {
+            LEGACY_V2_HEADER_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// Writes the header (with `body_len` as given).
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u8(self.version | if self.response { 0x80 } else { 0 });
+        out.put_u8(self.flags);
+        if self.version < 3 {
+            out.put_i8(self.stream as i8);
+        } else {
+            out.put_i16(self.stream);
+        }
+        out.put_u8(self.opcode);
+        out.put_u32(self.body_len);
+    }
+}
+
+/// A frame with its body as it was on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The header; [`Frame::encode`] writes `body.len()` as the length, whatever `body_len` says.
+    pub header: FrameHeader,
+    /// The raw body (compressed if `header.flags` has [`flags::COMPRESSION`]).
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// A frame with the given header fields; `body_len` is taken from `body`.
+    pub fn new(
+        version: u8,
+        response: bool,
+        flags: u8,
+        stream: i16,
+        opcode: u8,
+        body: impl Into<Bytes>,
+    ) -> Frame {
+        let body = body.into();
+        Frame {
+            header: FrameHeader {
+                version,
+                response,
+                flags,
+                stream,
+                opcode,
+                body_len: body.len() as u32,
+            },
+            body,
+        }
+    }
+
+    /// The same frame on another stream (e.g. an upstream ERROR answered on the client's stream).
+    pub fn with_stream(mut self, stream: i16) -> Frame {
+        self.header.stream = stream;
+        self
+    }
+
+    /// Header plus body length.
+    pub fn encoded_len(&self) -> usize {
+        self.header.encoded_len() + self.body.len()
+    }
+
+    /// Appends header and body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        let header = FrameHeader {
+            body_len: self.body.len() as u32,
+            ..self.header
+        };
+        header.encode(out);
+        out.put_slice(&self.body);
+    }
+
+    /// The frame's bytes.
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out
+    }
+
+    /// True if the body is compressed (flag 0x01).
+    pub fn is_compressed(&self) -> bool {
+        self.header.flags & flags::COMPRESSION != 0
+    }
+
+    /// The body uncompressed: the raw body, or decompressed with `compression` if flag 0x01
+    /// is set. A compressed frame on a connection without compression is an error.
+    pub fn plain_body(&self, compression: BodyCompression) -> Result<Bytes, CqlError> {
+        if self.is_compressed() {
+            if compression == BodyCompression::None {
+                return Err(CqlError::Decompress(
+                    "compressed frame but no compression was negotiated".into(),
+                ));
+            }
+            compression.decompress(&self.body)
+        } else {
+            Ok(self.body.clone())
+        }
+    }
+}
+
+/// The body compression negotiated by STARTUP's `COMPRESSION` option (v3/v4 frame flag 0x01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyCompression {
+    /// No compression negotiated.
+    #[default]
+    None,
+    /// `lz4`: `[int uncompressed length]` followed by one LZ4 block.
+    Lz4,
+    /// `snappy`: one raw snappy block.
+    Snappy,
+}
+
+impl BodyCompression {
+    /// From a STARTUP `COMPRESSION` value (case-insensitive); `None` if unknown.
+    pub fn from_option(value: &str) -> Option<BodyCompression> {
+        if value.eq_ignore_ascii_case("lz4") {
+            Some(BodyCompression::Lz4)
+        } else if value.eq_ignore_ascii_case("snappy") {
+            Some(BodyCompression::Snappy)
+        } else {
+            None
+        }
+    }
+
+    /// From a STARTUP options list: the `COMPRESSION` entry, [`BodyCompression::None`] if
+    /// absent or unknown.
+    pub fn from_startup_options(options: &[(String, String)]) -> BodyCompression {
+        options
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("COMPRESSION"))
+            .and_then(|(_, v)| BodyCompression::from_option(v))
+            .unwrap_or_default()
+    }
+
+    /// Decompresses a body; the uncompressed size is bounded by [`MAX_FRAME_LEN`].
+    pub fn decompress(&self, body: &[u8]) -> Result<Bytes, CqlError> {
+        self.decompress_bounded(body, MAX_FRAME_LEN)
+    }
+
+    /// Decompresses a body whose uncompressed size must not exceed `max`.
+    pub fn decompress_bounded(&self, body: &[u8], max: usize) -> Result<Bytes, CqlError> {
+        match self {
+            BodyCompression::None => Ok(Bytes::copy_from_slice(body)),
+            BodyCompression::Lz4 => {
+                if body.len() < 4 {
+                    return Err(CqlError::Decompress("lz4 body shorter than 4 bytes".into()));
+                }
+                let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+                if len > max {
+                    return Err(CqlError::Decompress(format!(
+                        "lz4 body announces {len} bytes, limit {max}"
+                    )));
+                }
+                lz4_flex::block::decompress(&body[4..], len)
+                    .map(Bytes::from)
+                    .map_err(|e| CqlError::Decompress(format!("lz4: {e}")))
+            }
+            BodyCompression::Snappy => {
+                let len = snap::raw::decompress_len(body)
+                    .map_err(|e| CqlError::Decompress(format!("snappy: {e}")))?;
+                if len > max {
+                    return Err(CqlError::Decompress(format!(
+                        "snappy body announces {len} bytes, limit {max}"
+                    )));
+                }
+                snap::raw::Decoder::new()
+                    .decompress_vec(body)
+                    .map(Bytes::from)
+                    .map_err(|e| CqlError::Decompress(format!("snappy: {e}")))
+            }
+        }
+    }
+
+    /// Compresses a body in this algorithm's wire format.
+    pub fn compress(&self, body: &[u8]) -> Result<Bytes, CqlError> {
+        match self {
+            BodyCompression::None => Ok(Bytes::copy_from_slice(body)),
+            BodyCompression::Lz4 => {
+                let len = u32::try_from(body.len())
+                    .map_err(|_| CqlError::Compress("body too long for lz4".into()))?;
+                let mut out =
+                    Vec::with_capacity(4 + lz4_flex::block::get_maximum_output_size(body.len()));
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&lz4_flex::block::compress(body));
+                Ok(Bytes::from(out))
+            }
+            BodyCompression::Snappy => snap::raw::Encoder::new()
+                .compress_vec(body)
+                .map(Bytes::from)
+                .map_err(|e| CqlError::Compress(format!("snappy: {e}"))),
+        }
+    }
+}
+
+/// Which framing applies on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Frames straight on the wire: v3/v4, and v5 before READY/AUTHENTICATE.
+    #[default]
+    Legacy,
+    /// v5 after the handshake: frames inside CRC-checked segments, lz4-compressed if
+    /// `COMPRESSION: lz4` was negotiated.
+    V5 {
+        /// Segments are lz4-compressed.
+        lz4: bool,
+    },
+}
+
+/// Splits a byte stream into [`Frame`]s.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_frame_len: usize,
+    framing: Framing,
+    /// v5: frames of a self-contained segment not yet handed out.
+    ready: VecDeque<Frame>,
+    /// v5: the part of a large frame gathered from non-self-contained segments so far.
+    partial: BytesMut,
+}
+
+impl FrameDecoder {
+    /// A legacy-framing decoder rejecting bodies longer than `max_frame_len`.
+    pub fn new(max_frame_len: usize) -> Self {
+        FrameDecoder {
+            max_frame_len,
+            framing: Framing::Legacy,
+            ready: VecDeque::new(),
+            partial: BytesMut::new(),
+        }
+    }
+
+    /// Switches framing (e.g. to v5 segments after READY).
+    pub fn set_framing(&mut self, framing: Framing) {
+        self.framing = framing;
+    }
+
+    /// The framing in use.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Changes the body-length bound (e.g. from the handshake bound to the relay bound).
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
+
+    /// True if the decoder holds bytes of an unfinished v5 frame or frames not yet returned.
+    pub fn has_buffered(&self) -> bool {
+        !self.ready.is_empty() || !self.partial.is_empty()
+    }
+
+    /// The next frame: consumes its bytes from `buf`. `Ok(None)`: more bytes are needed.
+    /// The announced length is checked before the body is buffered.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CqlError> {
+        match self.framing {
+            Framing::Legacy => self.decode_legacy(buf),
+            Framing::V5 { lz4 } => self.decode_v5(buf, lz4),
+        }
+    }
+
+    fn check_len(&self, header: &FrameHeader) -> Result<usize, CqlError> {
+        let len = header.body_len as usize;
+        if len > self.max_frame_len {
+            return Err(CqlError::FrameTooLarge {
+                len: u64::from(header.body_len),
+                max: self.max_frame_len,
+                version: header.version,
+                stream: header.stream,
+            });
+        }
+        Ok(len)
+    }
+
+    fn decode_legacy(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CqlError> {
+        let Some(header) = FrameHeader::parse(buf) else {
+            return Ok(None);
+        };
+        let body_len = self.check_len(&header)?;
+        let header_len = header.encoded_len();
+        let total = header_len + body_len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(header_len);
+        let body = buf.split_to(body_len).freeze();
+        Ok(Some(Frame { header, body }))
+    }
+
+    fn decode_v5(&mut self, buf: &mut BytesMut, lz4: bool) -> Result<Option<Frame>, CqlError> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Ok(Some(frame));
+            }
+            let Some(seg) = segment::decode(buf, lz4)? else {
+                return Ok(None);
+            };
+            if seg.self_contained {
+                if !self.partial.is_empty() {
+                    return Err(CqlError::malformed(
+                        "v5 segment",
+                        "self-contained segment in the middle of a multi-segment frame",
+                    ));
+                }
+                let mut payload = BytesMut::from(&seg.payload[..]);
+                while !payload.is_empty() {
+                    match self.decode_legacy(&mut payload)? {
+                        Some(frame) => self.ready.push_back(frame),
+                        None => {
+                            return Err(CqlError::malformed(
+                                "v5 segment",
+                                "self-contained segment ends inside a frame",
+                            ));
+                        }
+                    }
+                }
+            } else {
+                self.partial.extend_from_slice(&seg.payload);
+                if let Some(header) = FrameHeader::parse(&self.partial) {
+                    let total = header.encoded_len() + self.check_len(&header)?;
+                    if self.partial.len() > total {
+                        return Err(CqlError::malformed(
+                            "v5 segment",
+                            "non-self-contained segments carry more than one frame",
+                        ));
+                    }
+                    if self.partial.len() == total {
+                        let mut whole = std::mem::take(&mut self.partial);
+                        if let Some(frame) = self.decode_legacy(&mut whole)? {
+                            return Ok(Some(frame));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes [`Frame`]s in the connection's framing.
+#[derive(Debug, Default)]
+pub struct FrameEncoder {
+    framing: Framing,
+}
+
+impl FrameEncoder {
+    /// A legacy-framing encoder.
+    pub fn new() -> Self {
+        FrameEncoder::default()
+    }
+
+    /// Switches framing (e.g. to v5 segments after READY).
+    pub fn set_framing(&mut self, framing: Framing) {
+        self.framing = framing;
+    }
+
+    /// The framing in use.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Appends `frame` to `out`: as is (legacy), or wrapped in v5 segments: one self-contained
+    /// segment when the frame fits in a segment's 128 KiB payload, else split across
+    /// non-self-contained segments.
+    pub fn encode(&mut self, frame: &Frame, out: &mut BytesMut) {
+        match self.framing {
+            Framing::Legacy => frame.encode(out),
+            Framing::V5 { lz4 } => {
+                let bytes = frame.to_bytes();
+                if bytes.len() <= segment::MAX_PAYLOAD_LEN {
+                    segment::encode(&bytes, true, lz4, out);
+                } else {
+                    for chunk in bytes.chunks(segment::MAX_PAYLOAD_LEN) {
+                        segment::encode(chunk, false, lz4, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends several frames; in v5 small frames share self-contained segments.
+    pub fn encode_all<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = &'a Frame>,
+        out: &mut BytesMut,
+    ) {
+        let Framing::V5 { lz4 } = self.framing else {
+            for frame in frames {
+                frame.encode(out);
+            }
+            return;
+        };
+        let mut pending = BytesMut::new();
+        for frame in frames {
+            if frame.encoded_len() > segment::MAX_PAYLOAD_LEN {
+                if !pending.is_empty() {
+                    segment::encode(&pending, true, lz4, out);
+                    pending.clear();
+                }
+                self.encode(frame, out);
+                continue;
+            }
+            if pending.len() + frame.encoded_len() > segment::MAX_PAYLOAD_LEN {
+                segment::encode(&pending, true, lz4, out);
+                pending.clear();
+            }
+            frame.encode(&mut pending);
+        }
+        if !pending.is_empty() {
+            segment::encode(&pending, true, lz4, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cassandra_protocol::compression::Compression;
+    use cassandra_protocol::frame::frame_decoder::{
+        FrameDecoder as _, Lz4FrameDecoder, UncompressedFrameDecoder,
+    };
+    use cassandra_protocol::frame::frame_encoder::{
+        FrameEncoder as _, Lz4FrameEncoder, UncompressedFrameEncoder,
+    };
+
+    fn query_frame(stream: i16, body_len: usize) -> Frame {
+        let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
+        Frame::new(4, false, 0, stream, opcode::QUERY, body)
+    }
+
+    #[test]
+    fn header_parses() {
+        let bytes = [0x84, 0x08, 0xff, 0xfe, 0x08, 0, 0, 1, 0];
+        assert_eq!(
+            FrameHeader::parse(&bytes),
+            Some(FrameHeader {
+                version: 4,
+                response: true,
+                flags: 0x08,
+                stream: -2,
+                opcode: opcode::RESULT,
+                body_len: 256,
+            })
+        );
+        assert_eq!(FrameHeader::parse(&bytes[..8]), None);
+    }
+
+    #[test]
+    fn frames_fed_byte_by_byte() {
+        let frames = [query_frame(1, 10), query_frame(2, 0), query_frame(3, 300)];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        let mut dec = FrameDecoder::new(1024);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in wire.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_at_the_header() {
+        let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
+        let mut buf = BytesMut::from(&[0x04, 0, 0, 5, opcode::QUERY, 0x10, 0, 0, 0][..]);
+        match dec.decode(&mut buf) {
+            Err(CqlError::FrameTooLarge {
+                len,
+                max,
+                version,
+                stream,
+            }) => {
+                assert_eq!((len, max, version, stream), (0x1000_0000, 65536, 4, 5));
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        // exactly at the bound is fine
+        let mut dec = FrameDecoder::new(3);
+        let mut buf = query_frame(0, 3).to_bytes();
+        assert!(dec.decode(&mut buf).unwrap().is_some());
+    }
+
+    #[test]
+    fn error_frame_from_an_error() {
+        let e = CqlError::FrameTooLarge {
+            len: 10,
+            max: 5,
+            version: 4,
+            stream: 3,
+        };
+        let f = e.to_error_frame(4, 3);
+        assert_eq!(f.header.opcode, opcode::ERROR);
+        let (code, _) = crate::messages::parse_error(&f.body).unwrap();
+        assert_eq!(code, 0x000A);
+    }
+
+    #[test]
+    fn body_compression_matches_cassandra_protocol() {
+        let body: Vec<u8> = b"SELECT * FROM system.local WHERE key='local'".repeat(20);
+        for (ours, theirs) in [
+            (BodyCompression::Lz4, Compression::Lz4),
+            (BodyCompression::Snappy, Compression::Snappy),
+        ] {
+            let compressed = ours.compress(&body).unwrap();
+            assert!(compressed.len() < body.len());
+            assert_eq!(theirs.decode(compressed.to_vec()).unwrap(), body);
+            let theirs_compressed = theirs.encode(&body).unwrap();
+            assert_eq!(&ours.decompress(&theirs_compressed).unwrap()[..], &body[..]);
+        }
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let body = vec![0u8; 10_000];
+        let lz4 = BodyCompression::Lz4.compress(&body).unwrap();
+        assert!(
+            BodyCompression::Lz4
+                .decompress_bounded(&lz4, 9_999)
+                .is_err()
+        );
+        let snappy = BodyCompression::Snappy.compress(&body).unwrap();
+        assert!(
+            BodyCompression::Snappy
+                .decompress_bounded(&snappy, 9_999)
+                .is_err()
+        );
+        // a lying lz4 length prefix
+        assert!(
+            BodyCompression::Lz4
+                .decompress(&[0x7f, 0xff, 0xff, 0xff, 0x00])
+                .is_err()
+        );
+        // compressed flag without compression
+        let f = Frame::new(4, true, flags::COMPRESSION, 0, opcode::RESULT, lz4);
+        assert!(matches!(
+            f.plain_body(BodyCompression::None),
+            Err(CqlError::Decompress(_))
+        ));
+    }
+
+    fn v5(lz4: bool) -> (FrameDecoder, FrameEncoder) {
+        let mut dec = FrameDecoder::new(MAX_FRAME_LEN);
+        let mut enc = FrameEncoder::new();
+        dec.set_framing(Framing::V5 { lz4 });
+        enc.set_framing(Framing::V5 { lz4 });
+        (dec, enc)
+    }
+
+    fn v5_frame(stream: i16, len: usize) -> Frame {
+        let mut f = query_frame(stream, len);
+        f.header.version = 5;
+        f
+    }
+
+    #[test]
+    fn v5_self_contained_segment_with_two_frames() {
+        for lz4 in [false, true] {
+            let (mut dec, mut enc) = v5(lz4);
+            let frames = [v5_frame(1, 20), v5_frame(2, 40)];
+            let mut wire = BytesMut::new();
+            enc.encode_all(&frames, &mut wire);
+            // one segment
+            let mut probe = wire.clone();
+            let seg = segment::decode(&mut probe, lz4).unwrap().unwrap();
+            assert!(seg.self_contained);
+            assert!(probe.is_empty());
+            // and cassandra-protocol reads it too
+            let mut theirs = wire.to_vec();
+            let envelopes = if lz4 {
+                Lz4FrameDecoder::default().consume(&mut theirs, Compression::None)
+            } else {
+                UncompressedFrameDecoder::default().consume(&mut theirs, Compression::None)
+            }
+            .unwrap();
+            assert_eq!(envelopes.len(), 2);
+            assert_eq!(envelopes[1].stream_id, 2);
+
+            // byte by byte
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for b in wire.iter() {
+                buf.put_u8(*b);
+                while let Some(f) = dec.decode(&mut buf).unwrap() {
+                    out.push(f);
+                }
+            }
+            assert_eq!(out, frames);
+        }
+    }
+
+    #[test]
+    fn v5_frame_split_across_segments() {
+        for lz4 in [false, true] {
+            let (mut dec, mut enc) = v5(lz4);
+            let big = v5_frame(7, 300_000);
+            let mut wire = BytesMut::new();
+            enc.encode(&big, &mut wire);
+            enc.encode(&v5_frame(8, 5), &mut wire);
+            let mut probe = wire.clone();
+            let mut segments = 0;
+            while let Some(seg) = segment::decode(&mut probe, lz4).unwrap() {
+                segments += 1;
+                assert_eq!(seg.self_contained, segments == 4);
+            }
+            assert_eq!(segments, 4);
+            assert_eq!(dec.decode(&mut wire).unwrap(), Some(big));
+            assert_eq!(dec.decode(&mut wire).unwrap().unwrap().header.stream, 8);
+            assert_eq!(dec.decode(&mut wire).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn v5_reads_segments_written_by_cassandra_protocol() {
+        let frame = v5_frame(3, 1000);
+        let bytes = frame.to_bytes().to_vec();
+
+        let mut enc = UncompressedFrameEncoder::default();
+        enc.add_envelope(bytes.clone());
+        let mut wire = BytesMut::from(enc.finalize_self_contained());
+        let (mut dec, _) = v5(false);
+        assert_eq!(dec.decode(&mut wire).unwrap(), Some(frame.clone()));
+
+        let mut enc = Lz4FrameEncoder::default();
+        enc.add_envelope(bytes);
+        let mut wire = BytesMut::from(enc.finalize_self_contained());
+        let (mut dec, _) = v5(true);
+        assert_eq!(dec.decode(&mut wire).unwrap(), Some(frame));
+    }
+
+    #[test]
+    fn v5_crc_errors() {
+        let (mut dec, mut enc) = v5(false);
+        let mut wire = BytesMut::new();
+        enc.encode(&v5_frame(1, 10), &mut wire);
+        let mut bad_header = wire.clone();
+        bad_header[0] ^= 0x01;
+        assert!(matches!(
+            dec.decode(&mut bad_header),
+            Err(CqlError::SegmentCrc { part: "header", .. })
+        ));
+        let (mut dec, _) = v5(false);
+        let mut bad_payload = wire.clone();
+        bad_payload[10] ^= 0x01;
+        assert!(matches!(
+            dec.decode(&mut bad_payload),
+            Err(CqlError::SegmentCrc {
+                part: "payload",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn v5_frame_length_is_bounded() {
+        let (_, mut enc) = v5(false);
+        let mut wire = BytesMut::new();
+        enc.encode(&v5_frame(1, 300_000), &mut wire);
+        let mut dec = FrameDecoder::new(100_000);
+        dec.set_framing(Framing::V5 { lz4: false });
+        // refused after the first segment, before the rest is gathered
+        assert!(matches!(
+            dec.decode(&mut wire),
+            Err(CqlError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn v5_self_contained_segment_with_a_partial_frame_is_malformed() {
+        let mut wire = BytesMut::new();
+        let bytes = v5_frame(1, 10).to_bytes();
+        segment::encode(&bytes[..12], true, false, &mut wire);
+        let (mut dec, _) = v5(false);
+        assert!(matches!(
+            dec.decode(&mut wire),
+            Err(CqlError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,328 @@
+//! Prometheus metrics, one registry per process (no global state).
+//!
+//! Per listener (labels `listener`, `protocol`): connections active and total, handshake
+//! failures by cause, handshake latency (client accept → ready), upstream connect latency, bytes
+//! each way. Per credential (label `listener`): refreshes ok/failed, seconds until expiry, last
+//! success time — read from the credential's status at scrape time. Per process: start time and
+//! build info. No label or value ever holds a secret.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use dbproxy_credentials::CacheStatus;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Labels of per-listener metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+    /// `postgres` or `cassandra`.
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    listener: String,
+    protocol: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// A credential's status, read at scrape time.
+pub type StatusFn = Arc<dyn Fn() -> CacheStatus + Send + Sync>;
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    active: Family<ListenerLabels, Gauge>,
+    total: Family<ListenerLabels, Counter>,
+    failures: Family<CauseLabels, Counter>,
+    handshake: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    connect: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    bytes_to_upstream: Family<ListenerLabels, Counter>,
+    bytes_to_client: Family<ListenerLabels, Counter>,
+    refresh_ok: Family<CredentialLabels, Counter>,
+    refresh_failed: Family<CredentialLabels, Counter>,
+    expiry: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    last_success: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    credentials: Mutex<Vec<(String, StatusFn, CacheStatus)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("entra_db_proxy");
+        let m = Metrics {
+            active: Family::default(),
+            total: Family::default(),
+            failures: Family::default(),
+            handshake: Family::new_with_constructor(latency_histogram),
+            connect: Family::new_with_constructor(latency_histogram),
+            bytes_to_upstream: Family::default(),
+            bytes_to_client: Family::default(),
+            refresh_ok: Family::default(),
+            refresh_failed: Family::default(),
+            expiry: Family::default(),
+            last_success: Family::default(),
+            credentials: Mutex::new(Vec::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.total.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "Connections that ended before the session started, by cause",
+            m.failures.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "Client accept until the session is ready (upstream login done)",
+            m.handshake.clone(),
+        );
+        registry.register(
+            "upstream_connect_duration_seconds",
+            "TCP connect plus TLS handshake to the upstream",
+            m.connect.clone(),
+        );
+        registry.register(
+            "upstream_bytes",
+            "Bytes relayed from clients to the upstream",
+            m.bytes_to_upstream.clone(),
+        );
+        registry.register(
+            "client_bytes",
+            "Bytes relayed from the upstream to clients",
+            m.bytes_to_client.clone(),
+        );
+        registry.register(
+            "credential_refreshes",
+            "Successful credential acquisitions",
+            m.refresh_ok.clone(),
+        );
+        registry.register(
+            "credential_refresh_failures",
+            "Failed credential acquisitions",
+            m.refresh_failed.clone(),
+        );
+        registry.register(
+            "credential_expiry_seconds",
+            "Seconds until the cached credential expires (negative: expired; absent: none yet)",
+            m.expiry.clone(),
+        );
+        registry.register(
+            "credential_last_success_timestamp_seconds",
+            "Unix time of the last successful acquisition",
+            m.last_success.clone(),
+        );
+        let start: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        start.set(unix_seconds(SystemTime::now()));
+        registry.register("start_time_seconds", "Unix time the process started", start);
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics of one listener.
+    pub fn listener(&self, name: &str, protocol: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: name.to_owned(),
+            protocol: protocol.to_owned(),
+        };
+        ListenerMetrics {
+            active: self.active.get_or_create(&labels).clone(),
+            total: self.total.get_or_create(&labels).clone(),
+            handshake: self.handshake.get_or_create(&labels).clone(),
+            connect: self.connect.get_or_create(&labels).clone(),
+            bytes_to_upstream: self.bytes_to_upstream.get_or_create(&labels).clone(),
+            bytes_to_client: self.bytes_to_client.get_or_create(&labels).clone(),
+            failures: self.failures.clone(),
+            labels,
+        }
+    }
+
+    /// Adds a credential whose status is read at every scrape.
+    pub fn credential(&self, listener: &str, status: StatusFn) {
+        if let Ok(mut c) = self.credentials.lock() {
+            c.push((listener.to_owned(), status, CacheStatus::default()));
+        }
+    }
+
+    /// The Prometheus text exposition (OpenMetrics flavour).
+    pub fn encode(&self) -> String {
+        self.update_credentials();
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn update_credentials(&self) {
+        let Ok(mut creds) = self.credentials.lock() else {
+            return;
+        };
+        let now = SystemTime::now();
+        for (listener, status, seen) in creds.iter_mut() {
+            let s = status();
+            let labels = CredentialLabels {
+                listener: listener.clone(),
+            };
+            self.refresh_ok
+                .get_or_create(&labels)
+                .inc_by(s.refreshes_ok.saturating_sub(seen.refreshes_ok));
+            self.refresh_failed
+                .get_or_create(&labels)
+                .inc_by(s.refreshes_failed.saturating_sub(seen.refreshes_failed));
+            if let Some(exp) = s.expires_on {
+                let left = match exp.duration_since(now) {
+                    Ok(d) => d.as_secs_f64(),
+                    Err(e) => -e.duration().as_secs_f64(),
+                };
+                self.expiry.get_or_create(&labels).set(left);
+            }
+            if let Some(t) = s.last_success {
+                self.last_success
+                    .get_or_create(&labels)
+                    .set(unix_seconds(t));
+            }
+            *seen = s;
+        }
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+/// Handles to one listener's metrics (cheap to clone).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    labels: ListenerLabels,
+    /// Open connections.
+    pub active: Gauge,
+    /// Accepted connections.
+    pub total: Counter,
+    failures: Family<CauseLabels, Counter>,
+    /// Accept → ready latency.
+    pub handshake: Histogram,
+    /// Upstream TCP + TLS latency.
+    pub connect: Histogram,
+    /// Client → upstream bytes.
+    pub bytes_to_upstream: Counter,
+    /// Upstream → client bytes.
+    pub bytes_to_client: Counter,
+}
+
+impl ListenerMetrics {
+    /// Counts a connection that failed before its session started.
+    pub fn handshake_failed(&self, cause: &str) {
+        self.failures
+            .get_or_create(&CauseLabels {
+                listener: self.labels.listener.clone(),
+                protocol: self.labels.protocol.clone(),
+                cause: cause.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Metrics not attached to any registry (for tests and `check`).
+    pub fn detached(name: &str, protocol: &str) -> ListenerMetrics {
+        Metrics::new().listener(name, protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family() {
+        let m = Metrics::new();
+        let l = m.listener("orders", "postgres");
+        l.total.inc();
+        l.active.inc();
+        l.handshake_failed("credential");
+        l.handshake.observe(0.01);
+        l.bytes_to_client.inc_by(10);
+        let status = Arc::new(|| CacheStatus {
+            expires_on: Some(SystemTime::now() + Duration::from_secs(100)),
+            last_success: Some(SystemTime::now()),
+            last_error: None,
+            refreshes_ok: 3,
+            refreshes_failed: 1,
+        });
+        m.credential("orders", status);
+        let text = m.encode();
+        for needle in [
+            "entra_db_proxy_connections_total{listener=\"orders\",protocol=\"postgres\"} 1",
+            "entra_db_proxy_connections_active{listener=\"orders\",protocol=\"postgres\"} 1",
+            "entra_db_proxy_handshake_failures_total{listener=\"orders\",protocol=\"postgres\",cause=\"credential\"} 1",
+            "entra_db_proxy_handshake_duration_seconds_count{listener=\"orders\",protocol=\"postgres\"} 1",
+            "entra_db_proxy_client_bytes_total{listener=\"orders\",protocol=\"postgres\"} 10",
+            "entra_db_proxy_credential_refreshes_total{listener=\"orders\"} 3",
+            "entra_db_proxy_credential_refresh_failures_total{listener=\"orders\"} 1",
+            "entra_db_proxy_build_info{version=",
+            "entra_db_proxy_start_time_seconds ",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        let expiry: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("entra_db_proxy_credential_expiry_seconds{listener=\"orders\"} ")
+            })
+            .and_then(|v| v.parse().ok())
+            .expect("expiry gauge");
+        assert!((90.0..=101.0).contains(&expiry), "{expiry}");
+        // A second scrape does not double-count refreshes.
+        let text = m.encode();
+        assert!(text.contains("entra_db_proxy_credential_refreshes_total{listener=\"orders\"} 3"));
+    }
+}

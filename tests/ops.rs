@@ -1,0 +1,251 @@
+//! Running it in production: probes, metrics, the connection cap, `check`, idle sessions,
+//! graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    stack::{self, DB, ENTRA_USER, Stack, db_error, psql},
+    util::{ProxyCmd, http_get},
+};
+
+async fn wait_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    want: u16,
+    within: Duration,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, body) = http_get(addr, path).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{path} stayed {status} ({body}), wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_follow_credentials_and_shutdown() {
+    let s = Stack::start().await;
+    s.azure.set_down(true);
+    let mut proxy = s
+        .proxy_sp()
+        .args(["--admin-listen", "127.0.0.1:0", "--min-shutdown-delay", "3"])
+        .spawn();
+    let admin = proxy.admin.expect("admin address in the log");
+    // Before the first credential: alive, not started, not ready.
+    assert_eq!(http_get(admin, "/liveness").await.0, 200);
+    let (status, body) = http_get(admin, "/startup").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no credential acquired yet"), "{body}");
+    assert_eq!(http_get(admin, "/readiness").await.0, 503);
+
+    s.azure.set_down(false);
+    wait_status(admin, "/startup", 200, Duration::from_secs(60)).await;
+    wait_status(admin, "/readiness", 200, Duration::from_secs(5)).await;
+
+    // SIGTERM: readiness fails at once, but new connections are still served during the
+    // minimum delay, then the proxy exits 0.
+    proxy.signal_term();
+    let body = wait_status(admin, "/readiness", 503, Duration::from_secs(2)).await;
+    assert!(body.contains("shutting down"), "{body}");
+    assert_eq!(psql(proxy.port(), "select 1").trim(), "1");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+/// Entra down past the token's expiry: readiness fails, and comes back with Entra.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_fails_when_the_token_expires_with_entra_down() {
+    let cfg = dbproxy_testkit::azure::FakeAzureConfig {
+        lifetime: Duration::from_secs(15),
+        ..Default::default()
+    };
+    let s = Stack::with(dbproxy_testkit::postgres::PasswordAuth::Password, cfg).await;
+    let proxy = s.proxy_sp().args(["--admin-listen", "127.0.0.1:0"]).spawn();
+    let admin = proxy.admin.unwrap();
+    wait_status(admin, "/readiness", 200, Duration::from_secs(20)).await;
+    s.azure.set_down(true);
+    // The 15 s token counts as expired 10 s before its end.
+    let body = wait_status(admin, "/readiness", 503, Duration::from_secs(30)).await;
+    assert!(body.contains("not valid"), "{body}");
+    assert_eq!(http_get(admin, "/liveness").await.0, 200);
+    assert_eq!(
+        http_get(admin, "/startup").await.0,
+        200,
+        "started stays started"
+    );
+    s.azure.set_down(false);
+    wait_status(admin, "/readiness", 200, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_and_move_with_sessions() {
+    let s = Stack::start().await;
+    let proxy = s.proxy_sp().args(["--admin-listen", "127.0.0.1:0"]).spawn();
+    let admin = proxy.admin.unwrap();
+    assert_eq!(
+        psql(proxy.port(), "select repeat('x', 10000)").trim().len(),
+        10000
+    );
+    let _ = stack::connect(proxy.port()).await.unwrap();
+    let (status, text) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+
+    // Parse it with the reference Python parser (OpenMetrics text).
+    let python = crate::clients::python();
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+values = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        if s.name.endswith(("_total", "_count", "_seconds")) or s.name.endswith("_active"):
+            values[(s.name, s.labels.get("cause", ""))] = values.get((s.name, s.labels.get("cause", "")), 0) + s.value
+for (name, cause), v in sorted(values.items()):
+    print(f"{name}|{cause}|{v}")
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the metrics do not parse:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value = |name: &str| -> f64 {
+        parsed
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}||"))
+                    .map(|v| v.parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{name} missing:\n{parsed}"))
+    };
+    assert!(value("entra_db_proxy_connections_total") >= 2.0, "{parsed}");
+    assert!(
+        value("entra_db_proxy_client_bytes_total") >= 10_000.0,
+        "{parsed}"
+    );
+    assert!(
+        value("entra_db_proxy_upstream_bytes_total") > 0.0,
+        "{parsed}"
+    );
+    assert!(
+        value("entra_db_proxy_handshake_duration_seconds_count") >= 2.0,
+        "{parsed}"
+    );
+    assert!(
+        value("entra_db_proxy_credential_refreshes_total") >= 1.0,
+        "{parsed}"
+    );
+    assert!(
+        value("entra_db_proxy_upstream_connect_duration_seconds_count") >= 2.0,
+        "{parsed}"
+    );
+    assert!(
+        text.contains("entra_db_proxy_credential_expiry_seconds{listener=\"postgres\"}"),
+        "{text}"
+    );
+    // No secret in the metrics either.
+    for t in s.azure.issued() {
+        assert!(!text.contains(&t.token[t.token.len() - 40..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_cap_clients_get_53300() {
+    let s = Stack::start().await;
+    let proxy = s
+        .proxy_sp()
+        .args(["--max-connections", "2", "--admin-listen", "127.0.0.1:0"])
+        .spawn();
+    let a = stack::connect(proxy.port()).await.unwrap();
+    let b = stack::connect(proxy.port()).await.unwrap();
+    let (code, message) = db_error(&stack::connect(proxy.port()).await.unwrap_err());
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("too many clients"), "{message}");
+    let (status, body) = http_get(proxy.admin.unwrap(), "/readiness").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("connection cap"), "{body}");
+    // A freed slot is usable again.
+    drop(a);
+    let start = Instant::now();
+    loop {
+        match stack::connect(proxy.port()).await {
+            Ok(c) => {
+                c.simple_query("select 1").await.unwrap();
+                break;
+            }
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("slot never freed: {e:#}"),
+        }
+    }
+    b.simple_query("select 1").await.unwrap();
+    let (_, metrics) = http_get(proxy.admin.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("cause=\"too_many_connections\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_are_closed_when_asked() {
+    let s = Stack::start().await;
+    let mut proxy = s.proxy_sp().args(["--idle-timeout", "1"]).spawn();
+    let c = stack::connect(proxy.port()).await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+    proxy.wait_for_line(|l| l.contains("idle timeout"), Duration::from_secs(10));
+    assert!(c.simple_query("select 1").await.is_err());
+}
+
+#[test]
+fn check_reports_success_and_failure() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(Stack::start());
+    let (code, out) = s.proxy_sp().arg("check").run_to_end();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("ok: logged in as {ENTRA_USER} to database {DB}")),
+        "{out}"
+    );
+
+    // A stopped upstream: the table says what failed and the exit code is non-zero.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut cmd: ProxyCmd = s.proxy_sp();
+    let i = cmd
+        .args
+        .iter()
+        .position(|a| a == "--postgres-upstream")
+        .unwrap();
+    cmd.args[i + 1] = format!("127.0.0.1:{port}");
+    let (code, out) = cmd.arg("check").run_to_end();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("cannot connect"),
+        "{out}"
+    );
+}
