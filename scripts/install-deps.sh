@@ -30,3 +30,5 @@ if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$want" ] || ! "$venv/
   echo "$want" > "$venv/.requirements-sha256"
 fi
 echo "export EDP_PYTHON=$venv/bin/python"
+# A real Apache Cassandra 5.0 (jars from Maven Central) and a JDK 17 for it.
+bash scripts/install-cassandra.sh

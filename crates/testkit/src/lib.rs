@@ -19,6 +19,7 @@
 //! parallel; everything is torn down on drop (`KEEP_TEST_DIRS=1` keeps the dirs).
 
 pub mod azure;
+pub mod cassandra;
 pub mod certs;
 pub mod postgres;
 pub mod tokens;
