@@ -6,6 +6,8 @@
 mod stack;
 mod util;
 
+/// The Cassandra path against a real Cassandra 5.0 (1 and 3 nodes).
+mod cassandra;
 /// The command line: --help, configuration errors, Service Connector variables, signals.
 mod cli;
 /// psql, pgbench, tokio-postgres and psycopg2 through the proxy, with no password anywhere.

@@ -19,39 +19,87 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use anyhow::Context;
-use dbproxy_credentials::{CredentialOptions, RefreshPolicy, TokenCache};
+use dbproxy_cassandra::{PreparedStatements, SupportedOptions, Topology};
+use dbproxy_credentials::{
+    CosmosKeySource, CredentialOptions, DEFAULT_KEY_REFRESH, PasswordFile, PasswordSource,
+    RefreshPolicy, TokenCache,
+};
 use dbproxy_runtime::{
-    AdminServer, Health, Listener, Metrics, PostgresService, Shutdown, Upstream, metrics::StatusFn,
+    AdminServer, CassandraService, Health, Listener, Metrics, PostgresService, Shutdown, Upstream,
+    listener::Service, metrics::StatusFn,
 };
 use dbproxy_tls::Trust;
 use rustls_pki_types::ServerName;
 
-use crate::config::{Config, EnvSnapshot, ListenerConfig, Protocol};
+use crate::config::{CassandraPassword, Config, EnvSnapshot, ListenerConfig, Protocol};
 
 /// A listener's service before it is bound.
-struct Prepared {
-    config_index: usize,
-    service: Arc<PostgresService>,
-    cache: Arc<TokenCache>,
+enum Prepared {
+    Postgres(Arc<PostgresService>),
+    Cassandra(Arc<CassandraService>),
 }
 
-/// Builds credentials and services for every listener.
+impl Prepared {
+    fn password(&self) -> Arc<dyn PasswordSource> {
+        match self {
+            Prepared::Postgres(s) => s.credential.clone(),
+            Prepared::Cassandra(s) => s.credential.clone(),
+        }
+    }
+
+    fn upstream(&self) -> &Upstream {
+        match self {
+            Prepared::Postgres(s) => &s.upstream,
+            Prepared::Cassandra(s) => &s.upstream,
+        }
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        match self {
+            Prepared::Postgres(s) => s.check().await,
+            Prepared::Cassandra(s) => s.check().await,
+        }
+    }
+}
+
+/// Builds credentials and services for every listener; credential refreshers start at once,
+/// so the first token (or key) is usually there before the first client.
 fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Result<Vec<Prepared>> {
     let http_trust = Trust::new(config.ca_file.as_deref()).context("outbound TLS trust")?;
+    let http = http_trust
+        .http_client()
+        .context("HTTP client for Entra ID")?;
     let cred_options = CredentialOptions {
-        http: http_trust
-            .http_client()
-            .context("HTTP client for Entra ID")?,
+        http: http.clone(),
         authority_host: config.authority_host.clone(),
         imds_endpoint: config.imds_endpoint.clone(),
         env,
         ..CredentialOptions::default()
     };
     let mut prepared = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        let source = dbproxy_credentials::build(&l.credential, &cred_options)
-            .with_context(|| format!("listener {}: credential", l.name))?;
-        let cache = TokenCache::new(source, l.scope.clone(), RefreshPolicy::default());
+    for l in &config.listeners {
+        let token = || -> anyhow::Result<Arc<TokenCache>> {
+            let source = dbproxy_credentials::build(&l.credential, &cred_options)
+                .with_context(|| format!("listener {}: credential", l.name))?;
+            let cache = TokenCache::new(source, l.scope.clone(), RefreshPolicy::default());
+            cache.spawn_refresher();
+            Ok(cache)
+        };
+        let password: Arc<dyn PasswordSource> = match l.cassandra.as_ref().map(|c| &c.password) {
+            None | Some(CassandraPassword::Token) => token()?,
+            Some(CassandraPassword::CosmosKeys { list_keys_url, key }) => {
+                let keys = CosmosKeySource::new(
+                    token()?,
+                    list_keys_url.clone(),
+                    *key,
+                    http.clone(),
+                    DEFAULT_KEY_REFRESH,
+                );
+                keys.spawn_refresher();
+                keys
+            }
+            Some(CassandraPassword::File(path)) => Arc::new(PasswordFile::new(path.clone())),
+        };
         // The listener's CA file adds to the global one (and the OS roots).
         let trust = match &l.tls_ca_file {
             None => http_trust.clone(),
@@ -61,22 +109,46 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
             }
         };
         let upstream = upstream(l, config, &trust)?;
-        let service = match l.protocol {
-            Protocol::Postgres => Arc::new(PostgresService {
+        let listener_metrics = metrics.listener(&l.name, l.protocol.as_str());
+        prepared.push(match (l.protocol, &l.cassandra) {
+            (Protocol::Postgres, _) => Prepared::Postgres(Arc::new(PostgresService {
                 name: l.name.clone(),
                 upstream,
                 user: l.user.clone(),
                 default_database: l.database.clone(),
-                credential: cache.clone(),
+                credential: password,
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
-                metrics: metrics.listener(&l.name, "postgres"),
-            }),
-        };
-        prepared.push(Prepared {
-            config_index: i,
-            service,
-            cache,
+                metrics: listener_metrics,
+            })),
+            (Protocol::Cassandra, Some(c)) => Prepared::Cassandra(Arc::new(CassandraService {
+                name: l.name.clone(),
+                upstream,
+                username: l.user.clone(),
+                credential: password,
+                handshake_timeout: config.handshake_timeout,
+                idle_timeout: config.idle_timeout,
+                metrics: listener_metrics,
+                max_version: c.max_protocol_version,
+                supported: SupportedOptions {
+                    compression: c.compression.clone(),
+                    ..SupportedOptions::default()
+                },
+                topology: Topology {
+                    listen: l.listen,
+                    // Stable per listener: drivers key their host maps by it.
+                    host_id: uuid::Uuid::new_v5(
+                        &uuid::Uuid::NAMESPACE_OID,
+                        format!("entra-db-proxy/{}/{}", l.name, l.listen).as_bytes(),
+                    ),
+                    data_center: c.data_center.clone(),
+                    rack: None,
+                },
+                prepared: PreparedStatements::new(),
+            })),
+            (Protocol::Cassandra, None) => {
+                anyhow::bail!("listener {}: CQL settings missing", l.name)
+            }
         });
     }
     Ok(prepared)
@@ -106,45 +178,34 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
     let prepared = prepare(&config, env, &metrics)?;
 
     let shutdown = Shutdown::default();
-    let mut bound = Vec::new();
-    for p in &prepared {
-        let l = &config.listeners[p.config_index];
-        p.cache.spawn_refresher();
+    for (p, l) in prepared.iter().zip(&config.listeners) {
         let status: StatusFn = {
-            let cache = p.cache.clone();
-            Arc::new(move || cache.status())
+            let password = p.password();
+            Arc::new(move || password.status())
         };
         metrics.credential(&l.name, status.clone());
         health.add_credential(&l.name, status);
-        let listener_metrics = p.service.metrics.clone();
-        health.add_listener(&l.name, listener_metrics.active.clone(), l.max_connections);
-        let listener = Listener::bind(
-            &l.name,
-            l.listen,
-            p.service.clone(),
-            l.max_connections,
-            listener_metrics,
-        )
-        .await
-        .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
-        let addr = listener.local_addr()?;
+        let addr = match p {
+            Prepared::Postgres(s) => {
+                bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
+            }
+            Prepared::Cassandra(s) => {
+                bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
+            }
+        };
         tracing::info!(
             listener = %l.name,
-            protocol = "postgres",
+            protocol = l.protocol.as_str(),
             addr = %addr,
-            upstream = %p.service.upstream,
+            upstream = %p.upstream(),
             user = %l.user,
-            credential = %p.cache.describe(),
+            credential = %p.password().describe(),
             max_connections = l.max_connections,
             "listening"
         );
         if !addr.ip().is_loopback() {
             tracing::warn!(listener = %l.name, addr = %addr, "listening beyond loopback: anyone who can reach this address uses the database as {}", l.user);
         }
-        bound.push(listener);
-    }
-    for listener in bound {
-        tokio::spawn(listener.run(shutdown.clone()));
     }
     health.listening.store(true, Ordering::SeqCst);
     if let Some(addr) = config.admin_listen {
@@ -190,6 +251,24 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds a listener and starts accepting (every listener is bound before the proxy reports
+/// ready, so an address in use stops start-up).
+async fn bind<S: Service>(
+    l: &ListenerConfig,
+    service: Arc<S>,
+    metrics: dbproxy_runtime::ListenerMetrics,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> anyhow::Result<std::net::SocketAddr> {
+    health.add_listener(&l.name, metrics.active.clone(), l.max_connections);
+    let listener = Listener::bind(&l.name, l.listen, service, l.max_connections, metrics)
+        .await
+        .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(listener.run(shutdown.clone()));
+    Ok(addr)
+}
+
 /// `entra-db-proxy check`: one credential acquisition and one upstream login per listener.
 /// Prints a table to stdout; `Ok(false)` if any failed.
 pub async fn check(config: Config, env: EnvSnapshot) -> anyhow::Result<bool> {
@@ -197,15 +276,14 @@ pub async fn check(config: Config, env: EnvSnapshot) -> anyhow::Result<bool> {
     let prepared = prepare(&config, env, &metrics)?;
     let mut rows = Vec::new();
     let mut all_ok = true;
-    for p in &prepared {
-        let l = &config.listeners[p.config_index];
-        let result = p.service.check().await;
+    for (p, l) in prepared.iter().zip(&config.listeners) {
+        let result = p.check().await;
         all_ok &= result.is_ok();
         rows.push([
             l.name.clone(),
-            "postgres".to_owned(),
-            p.service.upstream.to_string(),
-            p.cache.describe(),
+            l.protocol.as_str().to_owned(),
+            p.upstream().to_string(),
+            p.password().describe(),
             match result {
                 Ok(what) => format!("ok: {what}"),
                 Err(why) => format!("FAILED: {why}"),

@@ -12,11 +12,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use dbproxy_credentials::{CredentialSpec, Secret, UserAssignedId};
+use dbproxy_credentials::{CosmosKeyKind, CredentialSpec, Secret, UserAssignedId};
 use serde::Deserialize;
 
 use crate::{
-    flags::{CredentialKind, Flags},
+    flags::{CassandraPasswordKind, CredentialKind, Flags},
     service_connector::{self, split_host_port},
 };
 
@@ -35,6 +35,75 @@ pub use dbproxy_credentials::Env as EnvSnapshot;
 pub enum Protocol {
     /// PostgreSQL frontend/backend protocol 3.
     Postgres,
+    /// CQL native protocol v3–v5 (Cosmos DB for Apache Cassandra).
+    Cassandra,
+}
+
+impl Protocol {
+    /// The name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Postgres => "postgres",
+            Protocol::Cassandra => "cassandra",
+        }
+    }
+}
+
+/// Scope of ARM tokens (Cosmos DB listKeys).
+pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+/// Default local address of the CQL listener.
+pub const DEFAULT_CASSANDRA_LISTEN: &str = "127.0.0.1:9042";
+/// Cosmos DB for Apache Cassandra's port.
+pub const COSMOS_CASSANDRA_PORT: u16 = 10350;
+
+/// Where a CQL listener's password comes from.
+#[derive(Debug, Clone)]
+pub enum CassandraPassword {
+    /// The account key from ARM listKeys (POSTed with a token for `scope`).
+    CosmosKeys {
+        /// The listKeys URL (`…/databaseAccounts/<acct>/listKeys?api-version=…`).
+        list_keys_url: url::Url,
+        /// Which key.
+        key: CosmosKeyKind,
+    },
+    /// The Entra access token itself.
+    Token,
+    /// A file's contents (development only).
+    File(PathBuf),
+}
+
+/// Settings of a CQL listener.
+#[derive(Debug, Clone)]
+pub struct CassandraSettings {
+    /// Password source.
+    pub password: CassandraPassword,
+    /// Highest protocol version offered to drivers.
+    pub max_protocol_version: u8,
+    /// `data_center` shown to drivers (None: the upstream's).
+    pub data_center: Option<String>,
+    /// Compression algorithms offered (none for Cosmos DB).
+    pub compression: Vec<String>,
+}
+
+fn is_cosmos(host: &str) -> bool {
+    host.to_ascii_lowercase().contains(".cosmos.")
+}
+
+impl CassandraSettings {
+    fn defaults_for(host: &str, password: CassandraPassword) -> CassandraSettings {
+        let cosmos = is_cosmos(host);
+        CassandraSettings {
+            password,
+            // Cosmos DB speaks v4 only and refuses compression.
+            max_protocol_version: if cosmos { 4 } else { 5 },
+            data_center: None,
+            compression: if cosmos {
+                Vec::new()
+            } else {
+                vec!["lz4".into(), "snappy".into()]
+            },
+        }
+    }
 }
 
 /// The whole validated configuration.
@@ -89,6 +158,8 @@ pub struct ListenerConfig {
     pub tls_server_name: String,
     /// Connection cap (0: none).
     pub max_connections: usize,
+    /// CQL settings (protocol = cassandra).
+    pub cassandra: Option<CassandraSettings>,
 }
 
 // ---- The TOML file ----
@@ -121,6 +192,14 @@ struct FileListener {
     database: Option<String>,
     scope: Option<String>,
     max_connections: Option<usize>,
+    /// cassandra: "cosmos-keys" (default), "token" or "file".
+    password: Option<String>,
+    list_keys_url: Option<String>,
+    key: Option<String>,
+    password_file: Option<PathBuf>,
+    max_protocol_version: Option<u8>,
+    data_center: Option<String>,
+    compression: Option<Vec<String>>,
     #[serde(default)]
     credential: FileCredential,
     #[serde(default)]
@@ -220,13 +299,16 @@ impl Config {
                     path.display()
                 );
             }
-        } else if let Some(l) = flags_listener(flags, env)? {
-            listeners.push(l);
         } else {
-            bail!(
-                "nothing to serve: set AZURE_POSTGRESQL_CONNECTIONSTRING (as Azure Service Connector does), \
-                 or --postgres-upstream HOST with --postgres-user USER, or --config FILE"
-            );
+            listeners.extend(flags_listener(flags, env)?);
+            listeners.extend(flags_cassandra_listener(flags, env)?);
+            if listeners.is_empty() {
+                bail!(
+                    "nothing to serve: set AZURE_POSTGRESQL_CONNECTIONSTRING or AZURE_COSMOS_CONTACTPOINT \
+                     (as Azure Service Connector does), or --postgres-upstream HOST with --postgres-user USER, \
+                     or --cassandra-upstream HOST, or --config FILE"
+                );
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for l in &listeners {
@@ -322,7 +404,48 @@ fn file_listener(
     if l.user.is_empty() {
         bail!("user: expected the Entra user name to log in as");
     }
-    let listen = parse_listen(l.listen.as_deref().unwrap_or(DEFAULT_POSTGRES_LISTEN))?;
+    let (default_listen, default_port) = match l.protocol {
+        Protocol::Postgres => (DEFAULT_POSTGRES_LISTEN, 5432),
+        Protocol::Cassandra => (DEFAULT_CASSANDRA_LISTEN, COSMOS_CASSANDRA_PORT),
+    };
+    let listen = parse_listen(l.listen.as_deref().unwrap_or(default_listen))?;
+    let cassandra = match l.protocol {
+        Protocol::Postgres => {
+            for (key, set) in [
+                ("password", l.password.is_some()),
+                ("list_keys_url", l.list_keys_url.is_some()),
+                ("key", l.key.is_some()),
+                ("password_file", l.password_file.is_some()),
+                ("max_protocol_version", l.max_protocol_version.is_some()),
+                ("data_center", l.data_center.is_some()),
+                ("compression", l.compression.is_some()),
+            ] {
+                if set {
+                    bail!("{key}: only for protocol = \"cassandra\" listeners");
+                }
+            }
+            None
+        }
+        Protocol::Cassandra => {
+            if l.database.is_some() {
+                bail!(
+                    "database: only for protocol = \"postgres\" listeners (CQL clients choose their keyspace)"
+                );
+            }
+            Some(cassandra_settings(
+                &host,
+                CassandraInputs {
+                    password: l.password.as_deref(),
+                    list_keys_url: l.list_keys_url.as_deref(),
+                    key: l.key.as_deref(),
+                    password_file: l.password_file.as_deref(),
+                    max_protocol_version: l.max_protocol_version,
+                    data_center: l.data_center.as_deref(),
+                    compression: l.compression.clone(),
+                },
+            )?)
+        }
+    };
     let c = &l.credential;
     let credential = credential_spec(
         &CredentialInput {
@@ -344,11 +467,23 @@ fn file_listener(
         listen,
         tls_server_name: l.tls.server_name.clone().unwrap_or_else(|| host.clone()),
         upstream_host: host,
-        upstream_port: port.unwrap_or(5432),
+        upstream_port: port.unwrap_or(default_port),
         user: l.user.clone(),
         database: l.database.clone(),
         credential,
-        scope: l.scope.clone().unwrap_or_else(|| POSTGRES_SCOPE.to_owned()),
+        scope: match (&l.scope, &cassandra) {
+            (Some(scope), _) => scope.clone(),
+            (None, None) => POSTGRES_SCOPE.to_owned(),
+            (None, Some(c)) => match c.password {
+                CassandraPassword::CosmosKeys { .. } | CassandraPassword::File(_) => {
+                    ARM_SCOPE.to_owned()
+                }
+                CassandraPassword::Token => bail!(
+                    "scope: required when password = \"token\" (the audience the Cassandra deployment accepts)"
+                ),
+            },
+        },
+        cassandra,
         tls_ca_file: l.tls.ca_file.clone(),
         max_connections: flags
             .max_connections
@@ -377,7 +512,7 @@ fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Lis
     })?;
     let credential = match flags.credential {
         Some(kind) => credential_spec(&flags_credential(flags, kind), env)?,
-        None => service_connector_credential(flags, env)?,
+        None => service_connector_credential("AZURE_POSTGRESQL", flags, env)?,
     };
     Ok(Some(ListenerConfig {
         name: "postgres".into(),
@@ -402,6 +537,153 @@ fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Lis
             .unwrap_or_else(|| POSTGRES_SCOPE.to_owned()),
         tls_ca_file: None,
         max_connections: flags.max_connections.unwrap_or(0),
+        cassandra: None,
+    }))
+}
+
+/// What a CQL listener's settings come from (file keys or flags / environment).
+struct CassandraInputs<'a> {
+    password: Option<&'a str>,
+    list_keys_url: Option<&'a str>,
+    key: Option<&'a str>,
+    password_file: Option<&'a Path>,
+    max_protocol_version: Option<u8>,
+    data_center: Option<&'a str>,
+    compression: Option<Vec<String>>,
+}
+
+fn cassandra_settings(host: &str, i: CassandraInputs<'_>) -> anyhow::Result<CassandraSettings> {
+    let kind = match i.password {
+        Some(k) => k.to_owned(),
+        None if i.password_file.is_some() && i.list_keys_url.is_none() => "file".to_owned(),
+        None => "cosmos-keys".to_owned(),
+    };
+    let password = match kind.as_str() {
+        "cosmos-keys" => {
+            let url = i.list_keys_url.context(
+                "list_keys_url: the Cosmos DB account's ARM listKeys URL is required (AZURE_COSMOS_LISTKEYURL: https://management.azure.com/subscriptions/…/databaseAccounts/<account>/listKeys?api-version=2021-04-15)",
+            )?;
+            let list_keys_url = url::Url::parse(url)
+                .with_context(|| format!("list_keys_url: expected a URL, got {url:?}"))?;
+            let key = match i.key {
+                Some(k) => k
+                    .parse::<CosmosKeyKind>()
+                    .map_err(|e| anyhow::anyhow!("key: {e}"))?,
+                None => CosmosKeyKind::default(),
+            };
+            CassandraPassword::CosmosKeys { list_keys_url, key }
+        }
+        "token" => CassandraPassword::Token,
+        "file" => CassandraPassword::File(
+            i.password_file
+                .context("password_file: required with password = \"file\"")?
+                .to_owned(),
+        ),
+        other => bail!("password: expected \"cosmos-keys\", \"token\" or \"file\", got {other:?}"),
+    };
+    let mut settings = CassandraSettings::defaults_for(host, password);
+    if let Some(v) = i.max_protocol_version {
+        if !(3..=5).contains(&v) {
+            bail!("max_protocol_version: expected 3, 4 or 5, got {v}");
+        }
+        settings.max_protocol_version = v;
+    }
+    settings.data_center = i.data_center.map(str::to_owned);
+    if let Some(c) = i.compression {
+        for algo in &c {
+            if algo != "lz4" && algo != "snappy" {
+                bail!("compression: expected \"lz4\" and/or \"snappy\", got {algo:?}");
+            }
+        }
+        settings.compression = c;
+    }
+    Ok(settings)
+}
+
+/// The CQL listener of the flags / Service Connector mode (AZURE_COSMOS_*).
+fn flags_cassandra_listener(
+    flags: &Flags,
+    env: &EnvSnapshot,
+) -> anyhow::Result<Option<ListenerConfig>> {
+    let (host, port) = match (
+        &flags.cassandra_upstream,
+        env.get("AZURE_COSMOS_CONTACTPOINT"),
+    ) {
+        (Some(u), _) => split_host_port(u)
+            .with_context(|| format!("--cassandra-upstream: expected HOST[:PORT], got {u:?}"))?,
+        (None, Some(h)) => split_host_port(h).with_context(|| {
+            format!("AZURE_COSMOS_CONTACTPOINT: expected a host name, got {h:?}")
+        })?,
+        (None, None) => return Ok(None),
+    };
+    if host.is_empty() {
+        return Ok(None);
+    }
+    let port = match (port, env.get("AZURE_COSMOS_PORT")) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p
+            .trim()
+            .parse()
+            .with_context(|| format!("AZURE_COSMOS_PORT: expected a port number, got {p:?}"))?,
+        (None, None) => COSMOS_CASSANDRA_PORT,
+    };
+    let user = flags
+        .cassandra_user
+        .clone()
+        .or_else(|| env.get("AZURE_COSMOS_USERNAME").map(str::to_owned))
+        .or_else(|| host.split('.').next().map(str::to_owned))
+        .filter(|u| !u.is_empty())
+        .context("no CQL user: set --cassandra-user or AZURE_COSMOS_USERNAME (the account name)")?;
+    let list_keys_url = flags
+        .cassandra_list_keys_url
+        .clone()
+        .or_else(|| env.get("AZURE_COSMOS_LISTKEYURL").map(str::to_owned));
+    let settings = cassandra_settings(
+        &host,
+        CassandraInputs {
+            password: flags.cassandra_password.map(|k| match k {
+                CassandraPasswordKind::CosmosKeys => "cosmos-keys",
+                CassandraPasswordKind::Token => "token",
+                CassandraPasswordKind::File => "file",
+            }),
+            list_keys_url: list_keys_url.as_deref(),
+            key: flags.cassandra_key.as_deref(),
+            password_file: flags.cassandra_password_file.as_deref(),
+            max_protocol_version: flags.cassandra_max_protocol_version,
+            data_center: flags.cassandra_data_center.as_deref(),
+            compression: None,
+        },
+    )?;
+    let credential = match flags.credential {
+        Some(kind) => credential_spec(&flags_credential(flags, kind), env)?,
+        None => service_connector_credential("AZURE_COSMOS", flags, env)?,
+    };
+    let scope = match (env.get("AZURE_COSMOS_SCOPE"), &settings.password) {
+        (Some(s), _) => s.to_owned(),
+        (None, CassandraPassword::Token) => flags.scope.clone().context(
+            "--cassandra-password token needs a scope: set AZURE_COSMOS_SCOPE or --scope",
+        )?,
+        (None, _) => ARM_SCOPE.to_owned(),
+    };
+    Ok(Some(ListenerConfig {
+        name: "cassandra".into(),
+        protocol: Protocol::Cassandra,
+        listen: flags
+            .cassandra_listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9042))),
+        tls_server_name: flags
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| host.clone()),
+        upstream_host: host,
+        upstream_port: port,
+        user,
+        database: None,
+        credential,
+        scope,
+        tls_ca_file: None,
+        max_connections: flags.max_connections.unwrap_or(0),
+        cassandra: Some(settings),
     }))
 }
 
@@ -418,16 +700,17 @@ fn flags_credential(flags: &Flags, kind: CredentialKind) -> CredentialInput<'_> 
     }
 }
 
-/// No `--credential`: follow Service Connector (AZURE_POSTGRESQL_CLIENTID alone → user-assigned
-/// managed identity; with _CLIENTSECRET and _TENANTID → service principal), then the id flags,
-/// else the default chain.
+/// No `--credential`: follow Service Connector (`<prefix>_CLIENTID` alone → user-assigned
+/// managed identity; with `_CLIENTSECRET` and `_TENANTID` → service principal; prefix
+/// AZURE_POSTGRESQL or AZURE_COSMOS), then the id flags, else the default chain.
 fn service_connector_credential(
+    prefix: &str,
     flags: &Flags,
     env: &EnvSnapshot,
 ) -> anyhow::Result<CredentialSpec> {
-    let client_id = env.get("AZURE_POSTGRESQL_CLIENTID");
-    let secret = env.get("AZURE_POSTGRESQL_CLIENTSECRET");
-    let tenant = env.get("AZURE_POSTGRESQL_TENANTID");
+    let client_id = env.get(&format!("{prefix}_CLIENTID"));
+    let secret = env.get(&format!("{prefix}_CLIENTSECRET"));
+    let tenant = env.get(&format!("{prefix}_TENANTID"));
     match (client_id, secret, tenant) {
         (Some(id), Some(secret), Some(tenant)) => {
             return Ok(CredentialSpec::ClientSecret {
@@ -437,7 +720,7 @@ fn service_connector_credential(
             });
         }
         (Some(_), Some(_), None) => bail!(
-            "AZURE_POSTGRESQL_CLIENTSECRET is set but AZURE_POSTGRESQL_TENANTID is not: a service principal needs both"
+            "{prefix}_CLIENTSECRET is set but {prefix}_TENANTID is not: a service principal needs both"
         ),
         (Some(id), None, _) => {
             return Ok(CredentialSpec::ManagedIdentity {

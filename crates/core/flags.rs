@@ -8,17 +8,21 @@ use clap::{Parser, ValueEnum};
 use crate::logging::LogFormat;
 
 const ABOUT: &str = "\
-A local proxy that lets unmodified PostgreSQL clients reach Azure Database for PostgreSQL \
-with an Entra ID identity: the application connects to localhost with no password; the proxy \
-obtains an access token (managed identity, workload identity, service principal or Azure CLI), \
-logs in upstream over verified TLS, and relays the session.";
+A local proxy that lets unmodified PostgreSQL and CQL clients reach Azure Database for \
+PostgreSQL and Azure Cosmos DB for Apache Cassandra with an Entra ID identity: the application \
+connects to localhost with no password; the proxy obtains an access token (managed identity, \
+workload identity, service principal or Azure CLI), derives the password (the token, or the \
+Cosmos DB account key from ARM listKeys), logs in upstream over verified TLS, and relays the \
+session.";
 
 const AFTER: &str = "\
 With no options, the proxy reads the variables that Azure Service Connector sets \
 (AZURE_POSTGRESQL_CONNECTIONSTRING, or AZURE_POSTGRESQL_HOST with _USER/_USERNAME, \
 _DATABASE/_NAME and _PORT; AZURE_POSTGRESQL_CLIENTID, _CLIENTSECRET, _TENANTID for the \
 identity) and serves that server on 127.0.0.1:5432. Use --config FILE for several listeners \
-(see proxy.toml.example).";
+(see proxy.toml.example). With AZURE_COSMOS_CONTACTPOINT, AZURE_COSMOS_USERNAME and \
+AZURE_COSMOS_LISTKEYURL (and AZURE_COSMOS_SCOPE, AZURE_COSMOS_CLIENTID, _CLIENTSECRET, _TENANTID) \
+it also serves Cosmos DB for Apache Cassandra on 127.0.0.1:9042; both sets give both listeners.";
 
 /// entra-db-proxy's command line.
 #[derive(Debug, Parser)]
@@ -47,6 +51,63 @@ pub struct Flags {
     /// Database used when a client names none.
     #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_DATABASE", value_name = "DB")]
     pub postgres_database: Option<String>,
+
+    /// Local address of the CQL listener [default: 127.0.0.1:9042].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_LISTEN", value_name = "ADDR")]
+    pub cassandra_listen: Option<SocketAddr>,
+
+    /// Cosmos DB for Apache Cassandra contact point, HOST[:PORT] (port 10350 by default). Overrides AZURE_COSMOS_CONTACTPOINT.
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_UPSTREAM",
+        value_name = "HOST[:PORT]"
+    )]
+    pub cassandra_upstream: Option<String>,
+
+    /// CQL login name: the Cosmos DB account name [default: AZURE_COSMOS_USERNAME].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_USER", value_name = "USER")]
+    pub cassandra_user: Option<String>,
+
+    /// Where the CQL password comes from [default: cosmos-keys].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_PASSWORD",
+        value_enum,
+        value_name = "SOURCE"
+    )]
+    pub cassandra_password: Option<CassandraPasswordKind>,
+
+    /// ARM listKeys URL of the Cosmos DB account [default: AZURE_COSMOS_LISTKEYURL].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_LIST_KEYS_URL",
+        value_name = "URL"
+    )]
+    pub cassandra_list_keys_url: Option<String>,
+
+    /// Which account key: primary, secondary, readonly-primary, readonly-secondary [default: primary].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_KEY", value_name = "KEY")]
+    pub cassandra_key: Option<String>,
+
+    /// File holding the CQL password (--cassandra-password file; development only).
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub cassandra_password_file: Option<PathBuf>,
+
+    /// data_center shown to drivers, e.g. the name an app passes as its local datacenter [default: the upstream's].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_DATA_CENTER",
+        value_name = "NAME"
+    )]
+    pub cassandra_data_center: Option<String>,
+
+    /// Highest CQL protocol version offered to drivers [default: 4 for *.cosmos.azure.com, else 5].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_MAX_PROTOCOL_VERSION", value_name = "N", value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub cassandra_max_protocol_version: Option<u8>,
 
     /// How the proxy gets its Entra ID token [default: from Service Connector's variables, else the default chain].
     #[arg(
@@ -144,6 +205,17 @@ pub enum Command {
     /// Acquire each listener's credential and log in upstream once, print a table, and exit
     /// non-zero if any failed (for init containers, CI, and first-run debugging).
     Check,
+}
+
+/// Where a CQL listener's password comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CassandraPasswordKind {
+    /// The Cosmos DB account key, from ARM listKeys with the Entra token.
+    CosmosKeys,
+    /// The Entra access token itself (for deployments that accept tokens).
+    Token,
+    /// A file's contents (development only).
+    File,
 }
 
 /// Where the token comes from.

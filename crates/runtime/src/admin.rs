@@ -87,14 +87,16 @@ impl Health {
         let creds = self.credentials.lock().map_err(|_| "poisoned".to_owned())?;
         for (name, status) in creds.iter() {
             let s = status();
-            match s.expires_on {
-                Some(exp) if exp > now => {}
-                _ => {
-                    return Err(format!(
-                        "credential of listener {name} is not valid{}",
-                        s.last_error.map(|e| format!(": {e}")).unwrap_or_default()
-                    ));
-                }
+            let valid = match s.expires_on {
+                Some(exp) => exp > now,
+                // Keys (Cosmos DB) and password files do not expire: valid once acquired.
+                None => s.last_success.is_some(),
+            };
+            if !valid {
+                return Err(format!(
+                    "credential of listener {name} is not valid{}",
+                    s.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+                ));
             }
         }
         Ok(())

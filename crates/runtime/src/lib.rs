@@ -6,6 +6,8 @@
 //! - [`listener`]: binds the local address and accepts connections, one task per client.
 //! - [`postgres`]: the PostgreSQL session, read top to bottom: client startup (SSLRequest /
 //!   GSSENCRequest / CancelRequest / StartupMessage) → credential → upstream TLS → login → relay.
+//! - [`cassandra`]: the CQL session: handshake (OPTIONS/STARTUP) → credential → upstream TLS
+//!   → SASL PLAIN login → frame relay that hides the upstream topology.
 //! - [`upstream`]: TCP connect with a timeout, then TLS with the server name verified.
 //! - [`relay`]: once logged in, plain bytes both ways until either side closes.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the probe/metrics HTTP server.
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cassandra;
 pub mod listener;
 pub mod metrics;
 pub mod postgres;
@@ -23,6 +26,7 @@ pub mod relay;
 pub mod upstream;
 
 pub use admin::{AdminServer, Health};
+pub use cassandra::CassandraService;
 pub use listener::{Listener, Shutdown};
 pub use metrics::{ListenerMetrics, Metrics};
 pub use postgres::PostgresService;

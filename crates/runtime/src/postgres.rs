@@ -21,7 +21,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use bytes::BytesMut;
-use dbproxy_credentials::TokenCache;
+use dbproxy_credentials::{PasswordSource, Secret};
 use dbproxy_postgres::{
     login::{LoginStep, UpstreamLogin},
     messages::{self, ErrorFields},
@@ -51,7 +51,7 @@ pub struct PostgresService {
     /// Database used when the client names none.
     pub default_database: Option<String>,
     /// Source of the password (an Entra ID access token).
-    pub credential: Arc<TokenCache>,
+    pub credential: Arc<dyn PasswordSource>,
     /// Bound on the client's startup and on the upstream login, each.
     pub handshake_timeout: Duration,
     /// Close sessions idle for this long (None: never).
@@ -235,24 +235,25 @@ impl PostgresService {
         tracing::debug!(client_user = %client_user, user = %self.user, database = %database, "client startup");
 
         // 2.–4. Credential, upstream TLS, login. A token the server refuses (28P01/28000) is
-        // dropped from the cache and the login retried once with a fresh one, before the client
-        // has seen anything: this covers a token revoked or rotated while still cached.
+        // reported to the credential, which drops it and hands over a fresh one; the login is
+        // retried once with it, before the client has seen anything. This covers a token revoked
+        // or rotated while still cached.
+        let mut password = self.credential.password().await.map_err(|e| {
+            SessionError::new(
+                "credential",
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!(
+                    "entra-db-proxy could not obtain an Entra ID token for listener \"{}\": {e}",
+                    self.name
+                ),
+                Some(HINT_CREDENTIAL),
+            )
+        })?;
         let mut upstream = None;
         for attempt in 0..2 {
-            let token = self.credential.get().await.map_err(|e| {
-                SessionError::new(
-                    "credential",
-                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                    format!(
-                        "entra-db-proxy could not obtain an Entra ID token for listener \"{}\": {e}",
-                        self.name
-                    ),
-                    Some(HINT_CREDENTIAL),
-                )
-            })?;
             let login = UpstreamLogin::new(
                 upstream_startup.clone(),
-                token.token.expose().as_bytes().to_vec(),
+                password.expose().as_bytes().to_vec(),
             );
             match self.connect_and_login(login).await? {
                 LoginResult::Authenticated { tls, to_client } => {
@@ -269,12 +270,13 @@ impl PostgresService {
                 } => {
                     let token_refused = code == sqlstate::INVALID_PASSWORD
                         || code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
-                    if token_refused {
-                        self.credential.invalidate(&token.token);
-                        if attempt == 0 {
-                            tracing::warn!(code = %code, message = %message, "the server refused the cached token; retrying once with a fresh one");
-                            continue;
-                        }
+                    if token_refused
+                        && attempt == 0
+                        && let Some(next) = self.next_password(&password).await
+                    {
+                        tracing::warn!(code = %code, message = %message, "the server refused the cached token; retrying once with a fresh one");
+                        password = next;
+                        continue;
                     }
                     // The server's own error, verbatim.
                     let _ = write_all_timeout(client, &to_client).await;
@@ -317,19 +319,30 @@ impl PostgresService {
         })
     }
 
+    /// Reports a refused password; the next one to try, if the credential has one.
+    async fn next_password(&self, refused: &Secret) -> Option<Secret> {
+        match self.credential.after_rejection(refused).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "no fresh credential after the server refused one");
+                None
+            }
+        }
+    }
+
     /// `entra-db-proxy check`: acquires the credential and performs a full upstream login as
     /// a client would trigger it, then terminates the session. Returns what was verified.
     pub async fn check(&self) -> Result<String, String> {
-        let token = self
+        let password = self
             .credential
-            .get()
+            .password()
             .await
             .map_err(|e| format!("credential: {e}"))?;
         let mut startup = StartupMessage::new(dbproxy_postgres::ProtocolVersion::V3_0);
         startup.set("application_name", "entra-db-proxy check");
         let startup = self.upstream_startup(startup);
         let database = startup.get("database").unwrap_or(&self.user).to_owned();
-        let login = UpstreamLogin::new(startup, token.token.expose().as_bytes().to_vec());
+        let login = UpstreamLogin::new(startup, password.expose().as_bytes().to_vec());
         match self.connect_and_login(login).await {
             Ok(LoginResult::Authenticated { mut tls, .. }) => {
                 // Terminate ('X'), then close.
