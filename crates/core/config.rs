@@ -877,6 +877,41 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_with_every_listener_uncommented() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example"))
+                .unwrap();
+        // Uncomment the example listeners: commented lines that are TOML ("# [[listener]]",
+        // "# key = value") after the first commented [[listener]].
+        let looks_like_toml = |l: &str| {
+            l == "[[listener]]"
+                || l.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+        };
+        let mut out = String::new();
+        let mut in_listener = false;
+        for line in text.lines() {
+            let uncommented = line.strip_prefix("# ").filter(|l| looks_like_toml(l));
+            in_listener |= uncommented == Some("[[listener]]");
+            match uncommented {
+                Some(l) if in_listener => out.push_str(l),
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        let p = write("example-all.toml", &out);
+        let env = EnvSnapshot::from_pairs([("ORDERS_SP_SECRET", "x")]);
+        let c = Config::load(&flags(&["--config", p.to_str().unwrap()]), &env)
+            .unwrap_or_else(|e| panic!("{e:#}\n{out}"));
+        let protocols: Vec<_> = c.listeners.iter().map(|l| l.protocol).collect();
+        assert_eq!(
+            protocols,
+            [Protocol::Postgres, Protocol::Postgres, Protocol::Cassandra]
+        );
+    }
+
+    #[test]
     fn toml_listeners() {
         let p = write(
             "ok.toml",
@@ -971,6 +1006,119 @@ mod tests {
             .unwrap_err()
         );
         assert!(e.contains("proto.toml") && e.contains("postgres"), "{e}");
+    }
+
+    #[test]
+    fn cassandra_listeners() {
+        let p = write(
+            "cql.toml",
+            r#"
+            [[listener]]
+            name = "catalog"
+            protocol = "cassandra"
+            upstream = "acct.cassandra.cosmos.azure.com"
+            user = "acct"
+            list_keys_url = "https://management.azure.com/subscriptions/s/resourceGroups/r/providers/Microsoft.DocumentDB/databaseAccounts/acct/listKeys?api-version=2021-04-15"
+            key = "secondary"
+            data_center = "datacenter1"
+            [[listener]]
+            protocol = "cassandra"
+            listen = "127.0.0.1:9043"
+            upstream = "127.0.0.1:9142"
+            user = "dev"
+            password = "file"
+            password_file = "/run/secrets/cql"
+            "#,
+        );
+        let c = Config::load(
+            &flags(&["--config", p.to_str().unwrap()]),
+            &EnvSnapshot::default(),
+        )
+        .unwrap();
+        let cosmos = &c.listeners[0];
+        assert_eq!(cosmos.listen.to_string(), "127.0.0.1:9042");
+        assert_eq!(cosmos.upstream_port, 10350);
+        assert_eq!(cosmos.scope, ARM_SCOPE);
+        let cql = cosmos.cassandra.as_ref().unwrap();
+        assert_eq!(cql.max_protocol_version, 4, "Cosmos DB speaks v4 only");
+        assert!(cql.compression.is_empty(), "Cosmos DB refuses compression");
+        assert_eq!(cql.data_center.as_deref(), Some("datacenter1"));
+        assert!(matches!(
+            cql.password,
+            CassandraPassword::CosmosKeys {
+                key: CosmosKeyKind::Secondary,
+                ..
+            }
+        ));
+        let dev = c.listeners[1].cassandra.as_ref().unwrap();
+        assert_eq!(dev.max_protocol_version, 5);
+        assert!(matches!(dev.password, CassandraPassword::File(_)));
+
+        let p = write(
+            "cql-bad.toml",
+            "[[listener]]\nprotocol = \"cassandra\"\nupstream = \"h\"\nuser = \"u\"\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("cql-bad.toml") && e.contains("list_keys_url"),
+            "{e}"
+        );
+        let p = write(
+            "pg-cql-key.toml",
+            "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\ndata_center = \"x\"\n",
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("data_center") && e.contains("cassandra"), "{e}");
+    }
+
+    #[test]
+    fn service_connector_cosmos_and_postgres_together() {
+        let env = EnvSnapshot::from_pairs([
+            (
+                "AZURE_POSTGRESQL_CONNECTIONSTRING",
+                "host=pg.postgres.database.azure.com dbname=d user=u",
+            ),
+            (
+                "AZURE_COSMOS_CONTACTPOINT",
+                "acct.cassandra.cosmos.azure.com",
+            ),
+            ("AZURE_COSMOS_PORT", "10350"),
+            ("AZURE_COSMOS_USERNAME", "acct"),
+            (
+                "AZURE_COSMOS_LISTKEYURL",
+                "https://management.azure.com/subscriptions/s/resourceGroups/r/providers/Microsoft.DocumentDB/databaseAccounts/acct/listKeys?api-version=2021-04-15",
+            ),
+            (
+                "AZURE_COSMOS_SCOPE",
+                "https://management.azure.com/.default",
+            ),
+            ("AZURE_COSMOS_CLIENTID", "mi-client"),
+        ]);
+        let c = Config::load(&flags(&["--cassandra-listen", "127.0.0.1:19042"]), &env).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        let cql = &c.listeners[1];
+        assert_eq!(
+            (cql.protocol, cql.listen.port(), cql.upstream_port),
+            (Protocol::Cassandra, 19042, 10350)
+        );
+        assert!(
+            matches!(&cql.credential, CredentialSpec::ManagedIdentity { id: Some(UserAssignedId::ClientId(id)) } if id == "mi-client")
+        );
+        assert!(matches!(c.listeners[0].credential, CredentialSpec::Default));
     }
 
     #[test]
