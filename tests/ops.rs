@@ -249,3 +249,118 @@ fn check_reports_success_and_failure() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_socket_psql_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Stack::start().await;
+    let dir = s.dir.join("sock");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A stale socket from a previous run is replaced.
+    let stale = dir.join(".s.PGSQL.5432");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut cmd = s.proxy_sp();
+    let i = cmd
+        .args
+        .iter()
+        .position(|a| a == "--postgres-listen")
+        .unwrap();
+    cmd.args[i + 1] = dir.to_str().unwrap().to_owned();
+    let proxy = cmd.spawn();
+    assert_eq!(proxy.unix["postgres"], stale);
+    let mode = std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "owner-only by default");
+    let mut psql = std::process::Command::new("psql");
+    psql.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            dir.to_str().unwrap(),
+            "-U",
+            "someone",
+            "-d",
+            DB,
+        ])
+        .args(["-c", "select current_user"]);
+    let (ok, out, err) = crate::util::run(&mut psql);
+    assert!(ok, "psql over the unix socket: {err}\n{}", proxy.log());
+    assert_eq!(out.trim(), ENTRA_USER);
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_the_proxy_with_verify_full_and_reload() {
+    let s = Stack::start().await;
+    let local_ca = dbproxy_testkit::certs::TestCa::new("proxy local ca");
+    let pair = local_ca.server_cert(&["localhost", "127.0.0.1"]);
+    let (cert, key, ca) = (
+        s.dir.join("local.crt"),
+        s.dir.join("local.key"),
+        s.dir.join("local-ca.pem"),
+    );
+    std::fs::write(&cert, &pair.cert_pem).unwrap();
+    std::fs::write(&key, &pair.key_pem).unwrap();
+    local_ca.write_ca(&ca);
+    let proxy = s
+        .proxy_sp()
+        .args([
+            "--client-tls-cert",
+            cert.to_str().unwrap(),
+            "--client-tls-key",
+            key.to_str().unwrap(),
+        ])
+        .args(["--client-tls-mode", "require"])
+        .spawn();
+    let psql = |mode: &str, root: &std::path::Path| {
+        let mut cmd = std::process::Command::new("psql");
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PGSSLMODE", mode)
+            .env("PGSSLROOTCERT", root)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "localhost",
+                "-p",
+                &proxy.port().to_string(),
+                "-U",
+                "x",
+                "-d",
+                DB,
+            ])
+            .args(["-c", "select current_user"]);
+        crate::util::run(&mut cmd)
+    };
+    let (ok, out, err) = psql("verify-full", &ca);
+    assert!(ok, "verify-full to the proxy: {err}\n{}", proxy.log());
+    assert_eq!(out.trim(), ENTRA_USER);
+    let (ok, _, err) = psql("disable", &ca);
+    assert!(!ok);
+    assert!(err.contains("requires TLS"), "{err}");
+
+    // Rotate the files in place: new connections get the new certificate.
+    let next_ca = dbproxy_testkit::certs::TestCa::new("proxy local ca 2");
+    let next = next_ca.server_cert(&["localhost", "127.0.0.1"]);
+    let next_root = s.dir.join("local-ca-2.pem");
+    next_ca.write_ca(&next_root);
+    std::fs::write(&key, &next.key_pem).unwrap();
+    std::fs::write(&cert, &next.cert_pem).unwrap();
+    let start = Instant::now();
+    loop {
+        let (ok, out, err) = psql("verify-full", &next_root);
+        if ok {
+            assert_eq!(out.trim(), ENTRA_USER);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the new certificate was never served: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

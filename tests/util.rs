@@ -24,6 +24,8 @@ pub struct Proxy {
     pub addrs: BTreeMap<String, SocketAddr>,
     /// The admin server's address, if one was asked for.
     pub admin: Option<SocketAddr>,
+    /// Listener name → Unix socket path.
+    pub unix: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// How to start a proxy.
@@ -110,6 +112,7 @@ impl ProxyCmd {
             lines,
             addrs: BTreeMap::new(),
             admin: None,
+            unix: BTreeMap::new(),
         };
         proxy.wait_for_line(
             |l| l.contains("entra-db-proxy ready"),
@@ -120,8 +123,15 @@ impl ProxyCmd {
                 && v["message"] == "listening"
             {
                 let name = v["listener"].as_str().unwrap().to_owned();
-                let addr = v["addr"].as_str().unwrap().parse().unwrap();
-                proxy.addrs.insert(name, addr);
+                let addr = v["addr"].as_str().unwrap();
+                match addr.strip_prefix("unix:") {
+                    Some(path) => {
+                        proxy.unix.insert(name, path.into());
+                    }
+                    None => {
+                        proxy.addrs.insert(name, addr.parse().unwrap());
+                    }
+                }
             }
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"]

@@ -25,13 +25,15 @@ use dbproxy_credentials::{
     RefreshPolicy, TokenCache,
 };
 use dbproxy_runtime::{
-    AdminServer, CassandraService, Health, Listener, Metrics, PostgresService, Shutdown, Upstream,
-    listener::Service, metrics::StatusFn,
+    AdminServer, CassandraService, Health, ListenAddr, Listener, LocalTls, LocalTlsMode, Metrics,
+    PostgresService, Shutdown, Upstream, listener::Service, metrics::StatusFn,
 };
 use dbproxy_tls::Trust;
 use rustls_pki_types::ServerName;
 
-use crate::config::{CassandraPassword, Config, EnvSnapshot, ListenerConfig, Protocol};
+use crate::config::{
+    CassandraPassword, ClientTlsMode, Config, EnvSnapshot, ListenerConfig, Protocol,
+};
 
 /// A listener's service before it is bound.
 enum Prepared {
@@ -109,6 +111,20 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
             }
         };
         let upstream = upstream(l, config, &trust)?;
+        let local_tls = match &l.client_tls {
+            None => None,
+            Some(t) => Some(
+                LocalTls::new(
+                    &t.cert_file,
+                    &t.key_file,
+                    match t.mode {
+                        ClientTlsMode::Offer => LocalTlsMode::Offer,
+                        ClientTlsMode::Require => LocalTlsMode::Require,
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("listener {}: client TLS: {e}", l.name))?,
+            ),
+        };
         let listener_metrics = metrics.listener(&l.name, l.protocol.as_str());
         prepared.push(match (l.protocol, &l.cassandra) {
             (Protocol::Postgres, _) => Prepared::Postgres(Arc::new(PostgresService {
@@ -120,6 +136,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
                 metrics: listener_metrics,
+                local_tls,
             })),
             (Protocol::Cassandra, Some(c)) => Prepared::Cassandra(Arc::new(CassandraService {
                 name: l.name.clone(),
@@ -135,7 +152,13 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
                     ..SupportedOptions::default()
                 },
                 topology: Topology {
-                    listen: l.listen,
+                    // What drivers see as the node's address (a Unix listener shows loopback).
+                    listen: match &l.listen {
+                        ListenAddr::Tcp(a) => *a,
+                        ListenAddr::Unix { .. } => {
+                            std::net::SocketAddr::from(([127, 0, 0, 1], 9042))
+                        }
+                    },
                     // Stable per listener: drivers key their host maps by it.
                     host_id: uuid::Uuid::new_v5(
                         &uuid::Uuid::NAMESPACE_OID,
@@ -145,6 +168,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
                     rack: None,
                 },
                 prepared: PreparedStatements::new(),
+                local_tls,
             })),
             (Protocol::Cassandra, None) => {
                 anyhow::bail!("listener {}: CQL settings missing", l.name)
@@ -203,7 +227,7 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
             max_connections = l.max_connections,
             "listening"
         );
-        if !addr.ip().is_loopback() {
+        if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
             tracing::warn!(listener = %l.name, addr = %addr, "listening beyond loopback: anyone who can reach this address uses the database as {}", l.user);
         }
     }
@@ -259,9 +283,9 @@ async fn bind<S: Service>(
     metrics: dbproxy_runtime::ListenerMetrics,
     health: &Health,
     shutdown: &Shutdown,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<ListenAddr> {
     health.add_listener(&l.name, metrics.active.clone(), l.max_connections);
-    let listener = Listener::bind(&l.name, l.listen, service, l.max_connections, metrics)
+    let listener = Listener::bind(&l.name, &l.listen, service, l.max_connections, metrics)
         .await
         .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
     let addr = listener.local_addr()?;

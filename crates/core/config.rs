@@ -15,6 +15,8 @@ use anyhow::{Context, bail};
 use dbproxy_credentials::{CosmosKeyKind, CredentialSpec, Secret, UserAssignedId};
 use serde::Deserialize;
 
+use dbproxy_runtime::ListenAddr;
+
 use crate::{
     flags::{CassandraPasswordKind, CredentialKind, Flags},
     service_connector::{self, split_host_port},
@@ -138,8 +140,8 @@ pub struct ListenerConfig {
     pub name: String,
     /// Protocol.
     pub protocol: Protocol,
-    /// Local address.
-    pub listen: SocketAddr,
+    /// Local address: TCP, or a Unix socket.
+    pub listen: ListenAddr,
     /// Upstream host.
     pub upstream_host: String,
     /// Upstream port.
@@ -160,6 +162,32 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// CQL settings (protocol = cassandra).
     pub cassandra: Option<CassandraSettings>,
+    /// TLS between clients and the proxy.
+    pub client_tls: Option<ClientTlsConfig>,
+}
+
+/// TLS between clients and the proxy (files are reloaded when they change).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// "offer" (default) or "require".
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+}
+
+/// Whether clients may or must use TLS to the proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// TLS for clients that ask; plain for the others.
+    #[default]
+    Offer,
+    /// Plain connections are refused.
+    Require,
 }
 
 // ---- The TOML file ----
@@ -177,6 +205,7 @@ struct FileConfig {
     admin_listen: Option<String>,
     idle_timeout: Option<u64>,
     max_connections: Option<usize>,
+    unix_socket_mode: Option<String>,
     #[serde(default, rename = "listener")]
     listeners: Vec<FileListener>,
 }
@@ -200,6 +229,7 @@ struct FileListener {
     max_protocol_version: Option<u8>,
     data_center: Option<String>,
     compression: Option<Vec<String>>,
+    client_tls: Option<ClientTlsConfig>,
     #[serde(default)]
     credential: FileCredential,
     #[serde(default)]
@@ -290,8 +320,7 @@ impl Config {
             }
             for (i, l) in f.listeners.iter().enumerate() {
                 let ctx = || format!("{}: listener[{i}]", path.display());
-                listeners
-                    .push(file_listener(l, i, flags, f.max_connections, env).with_context(ctx)?);
+                listeners.push(file_listener(l, i, flags, f, env).with_context(ctx)?);
             }
             if listeners.is_empty() {
                 bail!(
@@ -312,7 +341,8 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for l in &listeners {
-            if l.listen.port() != 0 && !seen.insert(l.listen) {
+            let port_zero = matches!(l.listen, ListenAddr::Tcp(a) if a.port() == 0);
+            if !port_zero && !seen.insert(l.listen.clone()) {
                 bail!("two listeners use the same address {}", l.listen);
             }
         }
@@ -384,18 +414,53 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
-fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
-    s.parse()
-        .with_context(|| format!("listen: expected IP:PORT such as 127.0.0.1:5432, got {s:?}"))
+/// `IP:PORT`, or an absolute path for a Unix socket. For PostgreSQL a directory gets the
+/// socket libpq looks for, `.s.PGSQL.5432` (so `psql -h DIR` works); name the file yourself
+/// (`DIR/.s.PGSQL.6432`) for another port.
+pub fn parse_listen(s: &str, protocol: Protocol, unix_mode: u32) -> anyhow::Result<ListenAddr> {
+    if let Some(path) = s
+        .strip_prefix("unix:")
+        .or(Some(s))
+        .filter(|p| p.starts_with('/'))
+    {
+        let path = PathBuf::from(path);
+        let is_dir = s.ends_with('/') || path.is_dir();
+        let path = match (protocol, is_dir) {
+            (Protocol::Postgres, true) => path.join(".s.PGSQL.5432"),
+            (Protocol::Cassandra, true) => path.join("cql.sock"),
+            (_, false) => path,
+        };
+        return Ok(ListenAddr::Unix {
+            path,
+            mode: unix_mode,
+        });
+    }
+    s.parse().map(ListenAddr::Tcp).with_context(|| {
+        format!("listen: expected IP:PORT such as 127.0.0.1:5432, or an absolute path for a Unix socket, got {s:?}")
+    })
+}
+
+fn parse_mode(s: &str) -> anyhow::Result<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .with_context(|| {
+            format!("unix_socket_mode: expected octal permissions such as 0600, got {s:?}")
+        })
 }
 
 fn file_listener(
     l: &FileListener,
     index: usize,
     flags: &Flags,
-    global_max: Option<usize>,
+    file: &FileConfig,
     env: &EnvSnapshot,
 ) -> anyhow::Result<ListenerConfig> {
+    let global_max = file.max_connections;
+    let unix_mode = match (&flags.unix_socket_mode, &file.unix_socket_mode) {
+        (Some(m), _) | (None, Some(m)) => parse_mode(m)?,
+        (None, None) => 0o600,
+    };
     let (host, port) = split_host_port(&l.upstream)
         .with_context(|| format!("upstream: expected HOST[:PORT], got {:?}", l.upstream))?;
     if host.is_empty() {
@@ -408,7 +473,11 @@ fn file_listener(
         Protocol::Postgres => (DEFAULT_POSTGRES_LISTEN, 5432),
         Protocol::Cassandra => (DEFAULT_CASSANDRA_LISTEN, COSMOS_CASSANDRA_PORT),
     };
-    let listen = parse_listen(l.listen.as_deref().unwrap_or(default_listen))?;
+    let listen = parse_listen(
+        l.listen.as_deref().unwrap_or(default_listen),
+        l.protocol,
+        unix_mode,
+    )?;
     let cassandra = match l.protocol {
         Protocol::Postgres => {
             for (key, set) in [
@@ -484,6 +553,7 @@ fn file_listener(
             },
         },
         cassandra,
+        client_tls: l.client_tls.clone().or_else(|| flags_client_tls(flags)),
         tls_ca_file: l.tls.ca_file.clone(),
         max_connections: flags
             .max_connections
@@ -517,11 +587,15 @@ fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Lis
     Ok(Some(ListenerConfig {
         name: "postgres".into(),
         protocol: Protocol::Postgres,
-        listen: flags.postgres_listen.unwrap_or_else(|| {
-            DEFAULT_POSTGRES_LISTEN
-                .parse()
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5432)))
-        }),
+        listen: parse_listen(
+            flags
+                .postgres_listen
+                .as_deref()
+                .unwrap_or(DEFAULT_POSTGRES_LISTEN),
+            Protocol::Postgres,
+            flags_unix_mode(flags)?,
+        )
+        .context("--postgres-listen")?,
         tls_server_name: flags
             .tls_server_name
             .clone()
@@ -538,7 +612,27 @@ fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Lis
         tls_ca_file: None,
         max_connections: flags.max_connections.unwrap_or(0),
         cassandra: None,
+        client_tls: flags_client_tls(flags),
     }))
+}
+
+fn flags_unix_mode(flags: &Flags) -> anyhow::Result<u32> {
+    flags
+        .unix_socket_mode
+        .as_deref()
+        .map(parse_mode)
+        .unwrap_or(Ok(0o600))
+}
+
+fn flags_client_tls(flags: &Flags) -> Option<ClientTlsConfig> {
+    match (&flags.client_tls_cert, &flags.client_tls_key) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            mode: flags.client_tls_mode.unwrap_or_default(),
+        }),
+        _ => None,
+    }
 }
 
 /// What a CQL listener's settings come from (file keys or flags / environment).
@@ -668,9 +762,15 @@ fn flags_cassandra_listener(
     Ok(Some(ListenerConfig {
         name: "cassandra".into(),
         protocol: Protocol::Cassandra,
-        listen: flags
-            .cassandra_listen
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9042))),
+        listen: parse_listen(
+            flags
+                .cassandra_listen
+                .as_deref()
+                .unwrap_or(DEFAULT_CASSANDRA_LISTEN),
+            Protocol::Cassandra,
+            flags_unix_mode(flags)?,
+        )
+        .context("--cassandra-listen")?,
         tls_server_name: flags
             .tls_server_name
             .clone()
@@ -684,6 +784,7 @@ fn flags_cassandra_listener(
         tls_ca_file: None,
         max_connections: flags.max_connections.unwrap_or(0),
         cassandra: Some(settings),
+        client_tls: flags_client_tls(flags),
     }))
 }
 
@@ -842,11 +943,34 @@ mod tests {
             ("AZURE_POSTGRESQL_TENANTID", "tid"),
         ]);
         let c = Config::load(&flags(&["--postgres-listen", "127.0.0.1:6000"]), &env).unwrap();
-        assert_eq!(c.listeners[0].listen.port(), 6000);
+        assert_eq!(c.listeners[0].listen.to_string(), "127.0.0.1:6000");
         assert!(
             matches!(&c.listeners[0].credential, CredentialSpec::ClientSecret { tenant_id, client_id, .. } if tenant_id == "tid" && client_id == "cid")
         );
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn unix_socket_listen_addresses() {
+        let unix = |s: &str, p: Protocol| match parse_listen(s, p, 0o600).unwrap() {
+            ListenAddr::Unix { path, mode } => (path.display().to_string(), mode),
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            unix("/run/edp/", Protocol::Postgres).0,
+            "/run/edp/.s.PGSQL.5432"
+        );
+        assert_eq!(
+            unix("/run/edp/.s.PGSQL.6432", Protocol::Postgres).0,
+            "/run/edp/.s.PGSQL.6432"
+        );
+        assert_eq!(
+            unix("unix:/run/cql.sock", Protocol::Cassandra),
+            ("/run/cql.sock".into(), 0o600)
+        );
+        assert!(parse_listen("localhost:5432", Protocol::Postgres, 0o600).is_err());
+        assert_eq!(parse_mode("0660").unwrap(), 0o660);
+        assert!(parse_mode("999").is_err());
     }
 
     #[test]
@@ -1112,8 +1236,8 @@ mod tests {
         assert_eq!(c.listeners.len(), 2);
         let cql = &c.listeners[1];
         assert_eq!(
-            (cql.protocol, cql.listen.port(), cql.upstream_port),
-            (Protocol::Cassandra, 19042, 10350)
+            (cql.protocol, cql.listen.to_string(), cql.upstream_port),
+            (Protocol::Cassandra, "127.0.0.1:19042".to_owned(), 10350)
         );
         assert!(
             matches!(&cql.credential, CredentialSpec::ManagedIdentity { id: Some(UserAssignedId::ClientId(id)) } if id == "mi-client")

@@ -32,9 +32,9 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Local address of the PostgreSQL listener [default: 127.0.0.1:5432].
-    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_LISTEN", value_name = "ADDR")]
-    pub postgres_listen: Option<SocketAddr>,
+    /// Local address of the PostgreSQL listener: IP:PORT, or a directory for a Unix socket (`psql -h DIR`) [default: 127.0.0.1:5432].
+    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_LISTEN", value_name = "ADDR|DIR")]
+    pub postgres_listen: Option<String>,
 
     /// PostgreSQL server to proxy to, HOST[:PORT] (port 5432 by default). Overrides Service Connector's variables.
     #[arg(
@@ -52,9 +52,44 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_DATABASE", value_name = "DB")]
     pub postgres_database: Option<String>,
 
-    /// Local address of the CQL listener [default: 127.0.0.1:9042].
-    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_LISTEN", value_name = "ADDR")]
-    pub cassandra_listen: Option<SocketAddr>,
+    /// Local address of the CQL listener: IP:PORT or a Unix socket path [default: 127.0.0.1:9042].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_LISTEN",
+        value_name = "ADDR|PATH"
+    )]
+    pub cassandra_listen: Option<String>,
+
+    /// Permissions of Unix sockets the proxy creates, in octal [default: 0600, owner only].
+    #[arg(long, env = "ENTRA_DB_PROXY_UNIX_SOCKET_MODE", value_name = "MODE")]
+    pub unix_socket_mode: Option<String>,
+
+    /// PEM certificate for TLS between clients and the proxy (with --client-tls-key; reloaded when it changes).
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CLIENT_TLS_CERT",
+        value_name = "FILE",
+        requires = "client_tls_key"
+    )]
+    pub client_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS between clients and the proxy.
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CLIENT_TLS_KEY",
+        value_name = "FILE",
+        requires = "client_tls_cert"
+    )]
+    pub client_tls_key: Option<PathBuf>,
+
+    /// Offer TLS to clients (plain ones are served too) or require it [default: offer].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CLIENT_TLS_MODE",
+        value_enum,
+        value_name = "MODE"
+    )]
+    pub client_tls_mode: Option<crate::config::ClientTlsMode>,
 
     /// Cosmos DB for Apache Cassandra contact point, HOST[:PORT] (port 10350 by default). Overrides AZURE_COSMOS_CONTACTPOINT.
     #[arg(

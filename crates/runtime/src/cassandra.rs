@@ -23,7 +23,6 @@
 //! the login are forwarded verbatim.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -45,7 +44,13 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{listener::Service, metrics::ListenerMetrics, upstream::Upstream};
+use crate::{
+    listener::Service,
+    local_tls::{LocalTls, LocalTlsMode},
+    metrics::ListenerMetrics,
+    stream::ClientStream,
+    upstream::Upstream,
+};
 
 /// Everything a CQL listener needs to serve its clients.
 pub struct CassandraService {
@@ -71,6 +76,8 @@ pub struct CassandraService {
     pub topology: Topology,
     /// Prepared system-table statements, shared by the listener's connections.
     pub prepared: PreparedStatements,
+    /// TLS between drivers and the proxy (TLS on connect; None: plain only).
+    pub local_tls: Option<LocalTls>,
 }
 
 /// Why a session ended early; what the client is told, if anything.
@@ -117,8 +124,12 @@ const HINT_UPSTREAM: &str =
     "check the listener's upstream host and port, DNS, firewall, and the trusted CAs";
 
 impl Service for CassandraService {
-    async fn serve(self: Arc<Self>, mut client: TcpStream, _peer: SocketAddr) {
+    async fn serve(self: Arc<Self>, client: ClientStream, _peer: String) {
         let started = Instant::now();
+        let Some(mut client) = self.maybe_tls(client).await else {
+            self.metrics.handshake_failed("client_tls");
+            return;
+        };
         match self.session(&mut client, started).await {
             Ok((to_upstream, to_client, end)) => tracing::info!(
                 upstream = %self.upstream,
@@ -148,7 +159,10 @@ impl Service for CassandraService {
         }
     }
 
-    async fn reject_busy(self: Arc<Self>, mut client: TcpStream) {
+    async fn reject_busy(self: Arc<Self>, client: ClientStream) {
+        let Some(mut client) = self.maybe_tls(client).await else {
+            return;
+        };
         // Answer the first request, whatever it is, with Overloaded on its stream.
         let mut buf = BytesMut::new();
         let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
@@ -175,7 +189,7 @@ impl Service for CassandraService {
 }
 
 /// Sends the failure's ERROR (or the upstream's) in legacy framing, then closes.
-async fn send_failure(client: &mut TcpStream, f: &Failure) {
+async fn send_failure(client: &mut ClientStream, f: &Failure) {
     let mut out = BytesMut::new();
     if let Some(frame) = &f.forward {
         frame.encode(&mut out);
@@ -229,9 +243,38 @@ fn addressee(buf: &[u8]) -> (u8, i16) {
 }
 
 impl CassandraService {
+    /// TLS on connect: required, or offered (a TLS ClientHello starts with 0x16; a CQL frame
+    /// with its version byte). None when the client must be dropped.
+    async fn maybe_tls(&self, client: ClientStream) -> Option<ClientStream> {
+        let Some(tls) = &self.local_tls else {
+            return Some(client);
+        };
+        let wants_tls = match tls.mode {
+            LocalTlsMode::Require => true,
+            LocalTlsMode::Offer => {
+                tokio::time::timeout(self.handshake_timeout, client.peek_first_byte())
+                    .await
+                    .ok()
+                    .flatten()
+                    == Some(0x16)
+            }
+        };
+        if !wants_tls {
+            return Some(client);
+        }
+        match tokio::time::timeout(self.handshake_timeout, client.accept_tls(&tls.acceptor)).await {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "TLS handshake with the client failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     async fn session(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         started: Instant,
     ) -> Result<(u64, u64, &'static str), Failure> {
         // 1. Client handshake.
@@ -363,7 +406,7 @@ impl CassandraService {
     /// Answers OPTIONS, refuses what must be refused, returns the STARTUP.
     async fn client_handshake(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         buf: &mut BytesMut,
     ) -> Result<Startup, Failure> {
         let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
@@ -573,7 +616,7 @@ impl Relay<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn run<U>(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         upstream: &mut U,
         cbuf: BytesMut,
         cdec: FrameDecoder,
@@ -586,7 +629,7 @@ impl Relay<'_> {
     where
         U: AsyncRead + AsyncWrite + Unpin,
     {
-        let (mut cr, mut cw) = client.split();
+        let (mut cr, mut cw) = tokio::io::split(client);
         let (mut ur, mut uw) = tokio::io::split(upstream);
         // Errors the proxy itself answers (garbage from the client) go to the client writer.
         let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<Frame>(4);

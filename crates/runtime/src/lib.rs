@@ -3,7 +3,8 @@
 //! A client connection travels through these modules in order, and each step lives in one file:
 //!
 //! # Layout
-//! - [`listener`]: binds the local address and accepts connections, one task per client.
+//! - [`listener`]: binds the local address (TCP or a Unix socket) and accepts connections, one
+//!   task per client; [`stream`] is what it hands over; [`local_tls`] the optional client TLS.
 //! - [`postgres`]: the PostgreSQL session, read top to bottom: client startup (SSLRequest /
 //!   GSSENCRequest / CancelRequest / StartupMessage) → credential → upstream TLS → login → relay.
 //! - [`cassandra`]: the CQL session: handshake (OPTIONS/STARTUP) → credential → upstream TLS
@@ -20,14 +21,18 @@
 pub mod admin;
 pub mod cassandra;
 pub mod listener;
+pub mod local_tls;
 pub mod metrics;
 pub mod postgres;
 pub mod relay;
+pub mod stream;
 pub mod upstream;
 
 pub use admin::{AdminServer, Health};
 pub use cassandra::CassandraService;
-pub use listener::{Listener, Shutdown};
+pub use listener::{ListenAddr, Listener, Shutdown};
+pub use local_tls::{LocalTls, LocalTlsMode};
 pub use metrics::{ListenerMetrics, Metrics};
 pub use postgres::PostgresService;
+pub use stream::ClientStream;
 pub use upstream::Upstream;

@@ -8,12 +8,21 @@
 //! Accept errors (for example too many open files) are logged and retried after a short pause
 //! instead of ending the listener.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, UnixListener},
     sync::Semaphore,
 };
+
+use crate::stream::ClientStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -24,12 +33,12 @@ pub trait Service: Send + Sync + 'static {
     /// Serves `stream`, accepted from `peer`, until the session ends.
     fn serve(
         self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
+        stream: ClientStream,
+        peer: String,
     ) -> impl Future<Output = ()> + Send;
 
     /// Tells a client over the connection cap, in the protocol's terms, and closes.
-    fn reject_busy(self: Arc<Self>, stream: TcpStream) -> impl Future<Output = ()> + Send;
+    fn reject_busy(self: Arc<Self>, stream: ClientStream) -> impl Future<Output = ()> + Send;
 }
 
 /// Shared shutdown state: a token cancelled when listeners must stop accepting, and the set of
@@ -45,10 +54,62 @@ pub struct Shutdown {
 /// How many over-cap clients may be answered at once; beyond that they are just closed.
 const MAX_PENDING_REJECTIONS: usize = 64;
 
+/// Where a listener accepts clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix domain socket at `path`, created with `mode` (e.g. 0o600, owner only).
+    Unix {
+        /// The socket file.
+        path: PathBuf,
+        /// Its permissions.
+        mode: u32,
+    },
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// Binds a Unix socket at `path`: a stale socket (nobody answers) is removed first; a live one,
+/// or a file that is not a socket, is an error.
+fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        tracing::info!(path = %path.display(), "removing a stale socket");
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
 /// A bound listener and the service it feeds.
 pub struct Listener<S> {
     name: String,
-    socket: TcpListener,
+    socket: Socket,
     service: Arc<S>,
     /// Session permits (None: no cap).
     limit: Option<Arc<Semaphore>>,
@@ -60,12 +121,15 @@ impl<S: Service> Listener<S> {
     /// Binds `addr` for the listener called `name`; `max_connections` 0 means no cap.
     pub async fn bind(
         name: &str,
-        addr: SocketAddr,
+        addr: &ListenAddr,
         service: Arc<S>,
         max_connections: usize,
         metrics: ListenerMetrics,
     ) -> std::io::Result<Self> {
-        let socket = TcpListener::bind(addr).await?;
+        let socket = match addr {
+            ListenAddr::Tcp(a) => Socket::Tcp(TcpListener::bind(a).await?),
+            ListenAddr::Unix { path, mode } => Socket::Unix(bind_unix(path, *mode)?, path.clone()),
+        };
         Ok(Listener {
             name: name.to_owned(),
             socket,
@@ -77,8 +141,31 @@ impl<S: Service> Listener<S> {
     }
 
     /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
+    pub fn local_addr(&self) -> std::io::Result<ListenAddr> {
+        match &self.socket {
+            Socket::Tcp(t) => Ok(ListenAddr::Tcp(t.local_addr()?)),
+            Socket::Unix(_, path) => Ok(ListenAddr::Unix {
+                path: path.clone(),
+                mode: std::fs::metadata(path)?.permissions().mode() & 0o777,
+            }),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(ClientStream, String)> {
+        match &self.socket {
+            Socket::Tcp(t) => {
+                let (stream, peer) = t.accept().await?;
+                crate::upstream::configure_socket(&stream);
+                Ok((ClientStream::Tcp(stream), peer.to_string()))
+            }
+            Socket::Unix(u, path) => {
+                let (stream, _) = u.accept().await?;
+                Ok((
+                    ClientStream::Unix(stream),
+                    format!("unix:{}", path.display()),
+                ))
+            }
+        }
     }
 
     /// Accepts clients until `shutdown.stop_accepting` is cancelled.
@@ -86,7 +173,7 @@ impl<S: Service> Listener<S> {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.stop_accepting.cancelled() => break,
-                accepted = self.socket.accept() => accepted,
+                accepted = self.accept() => accepted,
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
@@ -96,7 +183,6 @@ impl<S: Service> Listener<S> {
                     continue;
                 }
             };
-            crate::upstream::configure_socket(&stream);
             self.metrics.total.inc();
             let span = tracing::info_span!("session", listener = %self.name, client = %peer);
             let permit = match &self.limit {
@@ -132,6 +218,9 @@ impl<S: Service> Listener<S> {
             );
         }
         tracing::info!(listener = %self.name, "stopped accepting connections");
+        if let Socket::Unix(_, path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

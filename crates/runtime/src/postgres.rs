@@ -18,7 +18,7 @@
 //! unreachable or TLS failure, 28000 credential unavailable, 08P01 protocol violation; the
 //! upstream's own errors verbatim) before the connection is closed.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+use std::{sync::Arc, time::Duration, time::Instant};
 
 use bytes::BytesMut;
 use dbproxy_credentials::{PasswordSource, Secret};
@@ -31,12 +31,15 @@ use dbproxy_postgres::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    time::timeout_at,
 };
 
 use crate::{
     listener::Service,
+    local_tls::{LocalTls, LocalTlsMode},
     metrics::ListenerMetrics,
     relay::{RelayEnd, RelayOptions, Transferred, relay},
+    stream::ClientStream,
     upstream::Upstream,
 };
 
@@ -58,6 +61,8 @@ pub struct PostgresService {
     pub idle_timeout: Option<Duration>,
     /// This listener's metrics.
     pub metrics: ListenerMetrics,
+    /// TLS between clients and the proxy (None: SSLRequest is answered 'N').
+    pub local_tls: Option<LocalTls>,
 }
 
 /// How a session ended, for the one log line written at close.
@@ -115,9 +120,21 @@ const HINT_TLS: &str = "Check the upstream name the certificate must match (tls.
 const HINT_CREDENTIAL: &str = "Check the proxy's credential settings (--credential and its ids) and the proxy's log, which names the endpoint that failed.";
 
 impl Service for PostgresService {
-    async fn serve(self: Arc<Self>, mut client: TcpStream, _peer: SocketAddr) {
+    async fn serve(self: Arc<Self>, client: ClientStream, _peer: String) {
         let started = Instant::now();
-        match self.session(&mut client, started).await {
+        let (client, start) = self.open(client).await;
+        let Some(mut client) = client else {
+            if let Err(e) = start {
+                self.metrics.handshake_failed(e.cause);
+                tracing::warn!(cause = e.cause, error = %e.message, outcome = "failed", "session ended");
+            }
+            return;
+        };
+        let result = match start {
+            Ok(start) => self.session(&mut client, start, started).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(Outcome::Relayed {
                 transferred: t,
                 end,
@@ -162,17 +179,17 @@ impl Service for PostgresService {
         }
     }
 
-    async fn reject_busy(self: Arc<Self>, mut client: TcpStream) {
+    async fn reject_busy(self: Arc<Self>, client: ClientStream) {
         // Like PostgreSQL, read the startup first so that libpq shows the message.
-        let start =
-            tokio::time::timeout(self.handshake_timeout, read_client_startup(&mut client)).await;
+        let (client, start) = self.open(client).await;
+        let Some(mut client) = client else { return };
         let e = match start {
-            Ok(Ok(ClientStart::Cancel(bytes))) => {
+            Ok(ClientStart::Cancel(bytes)) => {
                 // Cancels never count against the cap: they free a busy session.
                 let _ = self.forward_cancel(&bytes).await;
                 return;
             }
-            Ok(Ok(ClientStart::Startup(_))) => SessionError::new(
+            Ok(ClientStart::Startup(_)) => SessionError::new(
                 "too_many_connections",
                 sqlstate::TOO_MANY_CONNECTIONS,
                 format!(
@@ -181,15 +198,15 @@ impl Service for PostgresService {
                 ),
                 Some("Retry later, or raise --max-connections."),
             ),
-            Ok(Err(e)) => e,
-            Err(_) => return,
+            Ok(ClientStart::TlsRequested) => return,
+            Err(e) => e,
         };
         send_error(&mut client, &e).await;
     }
 }
 
 /// Sends the client a FATAL ErrorResponse for `e` (if it carries a SQLSTATE) and closes.
-async fn send_error(client: &mut TcpStream, e: &SessionError) {
+async fn send_error(client: &mut ClientStream, e: &SessionError) {
     if let Some(code) = e.code {
         let mut buf = BytesMut::new();
         messages::error_response(
@@ -208,25 +225,87 @@ async fn send_error(client: &mut TcpStream, e: &SessionError) {
 }
 
 impl PostgresService {
+    /// Step 1, client startup: reads the client's opening packets, upgrading the connection to
+    /// TLS when the client asks and the listener offers it. Returns the stream (None if it was
+    /// lost in a failed TLS handshake) and what the client asked for.
+    async fn open(
+        &self,
+        mut client: ClientStream,
+    ) -> (Option<ClientStream>, Result<ClientStart, SessionError>) {
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let timed_out = || {
+            SessionError::silent(
+                "client_timeout",
+                "client sent no startup message in time".into(),
+            )
+        };
+        loop {
+            let offer = self.local_tls.is_some() && !client.is_tls();
+            let start = match timeout_at(deadline, read_client_startup(&mut client, offer)).await {
+                Ok(r) => r,
+                Err(_) => return (Some(client), Err(timed_out())),
+            };
+            match (start, &self.local_tls) {
+                (Ok(ClientStart::TlsRequested), Some(tls)) => {
+                    if client.write_all(&[messages::SSL_SUPPORTED]).await.is_err() {
+                        return (
+                            None,
+                            Err(SessionError::silent(
+                                "client_eof",
+                                "client went away".into(),
+                            )),
+                        );
+                    }
+                    match timeout_at(deadline, client.accept_tls(&tls.acceptor)).await {
+                        Ok(Ok(upgraded)) => client = upgraded,
+                        Ok(Err(e)) => {
+                            return (
+                                None,
+                                Err(SessionError::silent(
+                                    "client_tls",
+                                    format!("TLS handshake with the client failed: {e}"),
+                                )),
+                            );
+                        }
+                        Err(_) => return (None, Err(timed_out())),
+                    }
+                }
+                (Ok(ClientStart::Startup(_)), Some(tls))
+                    if tls.mode == LocalTlsMode::Require && !client.is_tls() =>
+                {
+                    let e = SessionError::new(
+                        "client_tls",
+                        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                        format!(
+                            "listener \"{}\" requires TLS between the client and the proxy",
+                            self.name
+                        ),
+                        Some("Connect with sslmode=require (or verify-full with the proxy's CA)."),
+                    );
+                    return (Some(client), Err(e));
+                }
+                (start, _) => return (Some(client), start),
+            }
+        }
+    }
+
     async fn session(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
+        start: ClientStart,
         started: Instant,
     ) -> Result<Outcome, SessionError> {
-        // 1. Client startup.
-        let startup = tokio::time::timeout(self.handshake_timeout, read_client_startup(client))
-            .await
-            .map_err(|_| {
-                SessionError::silent(
-                    "client_timeout",
-                    "client sent no startup message in time".into(),
-                )
-            })??;
-        let startup = match startup {
+        let startup = match start {
             ClientStart::Startup(msg) => msg,
             ClientStart::Cancel(bytes) => {
                 self.forward_cancel(&bytes).await?;
                 return Ok(Outcome::Cancelled);
+            }
+            ClientStart::TlsRequested => {
+                return Err(SessionError::silent(
+                    "client_protocol",
+                    "TLS requested twice".into(),
+                ));
             }
         };
         let client_user = startup.get("user").unwrap_or("").to_owned();
@@ -578,10 +657,15 @@ enum ClientStart {
     Startup(StartupMessage),
     /// A CancelRequest, re-encoded for forwarding.
     Cancel(BytesMut),
+    /// An SSLRequest the listener can accept (the caller answers 'S' and runs TLS).
+    TlsRequested,
 }
 
-/// Reads the client's opening packets, declining TLS and GSS encryption.
-async fn read_client_startup<C>(client: &mut C) -> Result<ClientStart, SessionError>
+/// Reads the client's opening packets, declining GSS encryption, and TLS unless `offer_tls`.
+async fn read_client_startup<C>(
+    client: &mut C,
+    offer_tls: bool,
+) -> Result<ClientStart, SessionError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -623,6 +707,9 @@ where
                         None,
                     ));
                 }
+                if offer_tls && packet == StartupPacket::SslRequest {
+                    return Ok(ClientStart::TlsRequested);
+                }
                 client
                     .write_all(&[messages::SSL_NOT_SUPPORTED])
                     .await
@@ -641,7 +728,7 @@ where
     }
 }
 
-async fn write_all_timeout(client: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_all_timeout(client: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
     match tokio::time::timeout(Duration::from_secs(5), client.write_all(bytes)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),

@@ -1,0 +1,136 @@
+//! TLS between clients and the proxy (optional): a certificate and key from PEM files,
+//! reloaded when the files change (cert-manager and similar rotate them in place).
+//!
+//! The files are checked at most every few seconds, on a handshake; a failed reload keeps the
+//! previous certificate and is logged. The local hop's TLS is separate from the upstream's,
+//! which is always on and always verified.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use rustls::{
+    ServerConfig,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio_rustls::TlsAcceptor;
+
+/// Whether clients must, or may, use TLS to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalTlsMode {
+    /// TLS is offered; plain connections are served too.
+    Offer,
+    /// Plain connections are refused.
+    Require,
+}
+
+/// The local TLS settings of a listener.
+#[derive(Clone)]
+pub struct LocalTls {
+    /// Offer or require.
+    pub mode: LocalTlsMode,
+    /// The acceptor (its certificate reloads itself).
+    pub acceptor: TlsAcceptor,
+}
+
+impl LocalTls {
+    /// Loads the certificate and key now (failing start-up if they are unusable).
+    pub fn new(cert: &Path, key: &Path, mode: LocalTlsMode) -> Result<LocalTls, String> {
+        let resolver = Arc::new(ReloadingCert::new(cert, key)?);
+        let config = ServerConfig::builder_with_provider(dbproxy_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        Ok(LocalTls {
+            mode,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Arc<CertifiedKey>,
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("certificate file {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "certificate file {}: no certificate",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("key file {}: {e}", key.display()))?;
+    let signing = dbproxy_tls::provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("key file {}: {e}", key.display()))?;
+    let certified = CertifiedKey::new(certs, signing);
+    // Rotations replace the two files one after the other: never serve a mismatched pair.
+    certified
+        .keys_match()
+        .map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(certified))
+}
+
+impl ReloadingCert {
+    fn new(cert: &Path, key: &Path) -> Result<ReloadingCert, String> {
+        let current = load(cert, key)?;
+        Ok(ReloadingCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            state: Mutex::new(State {
+                current,
+                stamps: (mtime(cert), mtime(key)),
+                checked: Instant::now(),
+            }),
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().ok()?;
+        if state.checked.elapsed() >= CHECK_EVERY {
+            state.checked = Instant::now();
+            let stamps = (mtime(&self.cert), mtime(&self.key));
+            if stamps != state.stamps {
+                match load(&self.cert, &self.key) {
+                    Ok(new) => {
+                        state.current = new;
+                        state.stamps = stamps;
+                        tracing::info!(cert = %self.cert.display(), "local TLS certificate reloaded");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "local TLS certificate changed but does not load; keeping the previous one")
+                    }
+                }
+            }
+        }
+        Some(state.current.clone())
+    }
+}
