@@ -32,3 +32,5 @@ fi
 echo "export EDP_PYTHON=$venv/bin/python"
 # A real Apache Cassandra 5.0 (jars from Maven Central) and a JDK 17 for it.
 bash scripts/install-cassandra.sh
+# The Java CQL client the tests run (Maven; cached).
+bash tests/clients/cassandra/build.sh

@@ -23,7 +23,7 @@ fn ca() -> &'static TestCa {
     CA.get_or_init(|| TestCa::new("entra-db-proxy cassandra tests"))
 }
 
-async fn cluster(nodes: usize) -> &'static CassandraCluster {
+pub(crate) async fn cluster(nodes: usize) -> &'static CassandraCluster {
     static ONE: tokio::sync::OnceCell<CassandraCluster> = tokio::sync::OnceCell::const_new();
     static THREE: tokio::sync::OnceCell<CassandraCluster> = tokio::sync::OnceCell::const_new();
     let (cell, opts) = match nodes {
@@ -40,15 +40,15 @@ async fn cluster(nodes: usize) -> &'static CassandraCluster {
 
 /// A Cosmos-like account on a cluster: a role named like the account whose password is the
 /// fake ARM's primary key, and a proxy configured the way Service Connector would.
-struct Account {
-    name: String,
-    azure: FakeAzure,
-    cluster: &'static CassandraCluster,
-    dir: std::path::PathBuf,
+pub(crate) struct Account {
+    pub(crate) name: String,
+    pub(crate) azure: FakeAzure,
+    pub(crate) cluster: &'static CassandraCluster,
+    pub(crate) dir: std::path::PathBuf,
 }
 
 impl Account {
-    async fn new(nodes: usize, tag: &str) -> Account {
+    pub(crate) async fn new(nodes: usize, tag: &str) -> Account {
         let cluster = cluster(nodes).await;
         let name = format!("acct_{tag}_{}", std::process::id());
         let azure = FakeAzure::start(ca(), FakeAzureConfig::default())
@@ -73,7 +73,7 @@ impl Account {
     }
 
     /// The proxy with Service Connector's AZURE_COSMOS_* variables (service principal).
-    fn proxy(&self) -> ProxyCmd {
+    pub(crate) fn proxy(&self) -> ProxyCmd {
         let c = self.azure.config();
         ProxyCmd::new()
             .env("ENTRA_DB_PROXY_CASSANDRA_LISTEN", "127.0.0.1:0")

@@ -8,6 +8,8 @@ mod util;
 
 /// The Cassandra path against a real Cassandra 5.0 (1 and 3 nodes).
 mod cassandra;
+/// The seed's Cassandra samples (Python cassandra-driver, DataStax Java driver 4.x) through the proxy.
+mod cassandra_drivers;
 /// The command line: --help, configuration errors, Service Connector variables, signals.
 mod cli;
 /// psql, pgbench, tokio-postgres and psycopg2 through the proxy, with no password anywhere.

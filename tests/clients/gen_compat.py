@@ -109,7 +109,7 @@ def main():
     lines = [f"## {DBS[db]}", ""]
     scope = f"only `{only}` this time, the other rows are from earlier runs" if only else "every stack"
     lines.append(
-        f"Generated at {now.strftime('%Y-%m-%d %H:%M:%S')} UTC from entra-db-proxy "
+        f"Generated at {now.strftime('%Y-%m-%d %H:%M:%S')} UTC from "
         f"{os.environ.get('ENTRA_DB_PROXY_REV', 'unknown')} by `scripts/clients.sh"
         f"{'' if db == 'postgres' else ' ' + db}` ({scope}; {os.environ.get('TIMES', '')})."
     )

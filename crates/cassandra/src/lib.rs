@@ -73,6 +73,7 @@ pub mod handshake;
 pub mod login;
 pub mod messages;
 mod result;
+pub mod schema;
 pub mod segment;
 pub mod topology;
 mod wire;

@@ -37,6 +37,7 @@ use dbproxy_cassandra::{
     UpstreamAction, UpstreamLogin, codes, error_frame,
     frame::{HANDSHAKE_MAX_FRAME_LEN, MAX_FRAME_LEN},
     ready_frame,
+    schema::{is_schema_change, query_frame, schema_versions},
 };
 use dbproxy_credentials::{PasswordSource, Secret};
 use tokio::{
@@ -372,6 +373,7 @@ impl CassandraService {
         cdec.set_framing(client_framing);
         cenc.set_framing(client_framing);
         let relay = Relay {
+            service: self,
             rewriter: Mutex::new(TopologyRewriter::with_prepared(
                 self.topology.clone(),
                 self.prepared.clone(),
@@ -566,6 +568,72 @@ impl CassandraService {
         }
     }
 
+    /// Waits (at most [`SCHEMA_AGREEMENT_TIMEOUT`]) until every upstream node reports the same
+    /// schema version, asking over a connection of its own. The driver would do this itself,
+    /// comparing `system.local` with `system.peers`, but it is shown no peers.
+    async fn wait_schema_agreement(&self) {
+        let started = Instant::now();
+        match tokio::time::timeout(SCHEMA_AGREEMENT_TIMEOUT, self.poll_schema_versions()).await {
+            Ok(Ok(polls)) => tracing::debug!(
+                polls,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "upstream schema in agreement"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not check the upstream's schema agreement after DDL")
+            }
+            Err(_) => tracing::warn!(
+                "the upstream's nodes did not agree on the schema within {} s after DDL",
+                SCHEMA_AGREEMENT_TIMEOUT.as_secs()
+            ),
+        }
+    }
+
+    async fn poll_schema_versions(&self) -> Result<u32, String> {
+        let password = self
+            .credential
+            .password()
+            .await
+            .map_err(|e| e.to_string())?;
+        let version = self.max_version.min(4);
+        let startup = check_startup(version);
+        let (mut tls, login, mut buf, rejected) = self
+            .connect_and_login(&startup, &password)
+            .await
+            .map_err(|f| f.message)?;
+        if let Some((_, code, message, _)) = rejected {
+            return Err(format!("login refused: {code:#06x} {message}"));
+        }
+        let (mut dec, mut enc) = login.into_codec();
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            let mut versions = Vec::new();
+            for (stream, cql) in [
+                (1, "SELECT schema_version FROM system.local"),
+                (2, "SELECT schema_version FROM system.peers"),
+            ] {
+                let mut out = BytesMut::new();
+                enc.encode(&query_frame(version, stream, cql), &mut out);
+                tls.write_all(&out).await.map_err(|e| e.to_string())?;
+                let frame = loop {
+                    if let Some(f) = dec.decode(&mut buf).map_err(|e| e.to_string())? {
+                        break f;
+                    }
+                    if tls.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                        return Err("the upstream closed the connection".into());
+                    }
+                };
+                versions.extend(schema_versions(&frame).map_err(|e| e.to_string())?);
+            }
+            if versions.windows(2).all(|w| w[0] == w[1]) {
+                let _ = tls.shutdown().await;
+                return Ok(polls);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `entra-db-proxy check`: acquires the password and logs in upstream once.
     pub async fn check(&self) -> Result<String, String> {
         let password = self
@@ -573,15 +641,7 @@ impl CassandraService {
             .password()
             .await
             .map_err(|e| format!("credential: {e}"))?;
-        let version = self.max_version.min(4);
-        let startup_frame =
-            dbproxy_cassandra::messages::startup_frame(version, 0, &[("CQL_VERSION", "3.0.0")]);
-        let startup = Startup {
-            version,
-            stream: 0,
-            options: vec![("CQL_VERSION".into(), "3.0.0".into())],
-            raw_body: startup_frame.body.clone(),
-        };
+        let startup = check_startup(self.max_version.min(4));
         match self.connect_and_login(&startup, &password).await {
             Ok((mut tls, _, _, None)) => {
                 let _ = tls.shutdown().await;
@@ -595,8 +655,23 @@ impl CassandraService {
     }
 }
 
+/// How long a DDL result may be held while the upstream's nodes converge (drivers' own limit).
+const SCHEMA_AGREEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A STARTUP of the proxy's own (check, schema agreement).
+fn check_startup(version: u8) -> Startup {
+    let frame = dbproxy_cassandra::messages::startup_frame(version, 0, &[("CQL_VERSION", "3.0.0")]);
+    Startup {
+        version,
+        stream: 0,
+        options: vec![("CQL_VERSION".into(), "3.0.0".into())],
+        raw_body: frame.body,
+    }
+}
+
 /// The relay of one session after READY.
 struct Relay<'a> {
+    service: &'a CassandraService,
     rewriter: Mutex<TopologyRewriter>,
     compression: BodyCompression,
     metrics: &'a ListenerMetrics,
@@ -631,8 +706,9 @@ impl Relay<'_> {
     {
         let (mut cr, mut cw) = tokio::io::split(client);
         let (mut ur, mut uw) = tokio::io::split(upstream);
-        // Errors the proxy itself answers (garbage from the client) go to the client writer.
-        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<Frame>(4);
+        // Frames the proxy itself answers go to the client writer: local replies, and the ERROR
+        // for garbage from the client, after which the session closes.
+        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<(Frame, bool)>(4);
 
         let client_to_upstream = async {
             let (mut buf, mut dec, mut enc) = (cbuf, cdec, uenc);
@@ -647,16 +723,14 @@ impl Relay<'_> {
                         match action {
                             Ok(ClientAction::Forward) => enc.encode(&frame, &mut out),
                             Ok(ClientAction::Reply(reply)) => {
-                                if reply_tx.send(reply).await.is_err() {
+                                if reply_tx.send((reply, false)).await.is_err() {
                                     return "closed";
                                 }
                             }
                             Err(e) => {
-                                let _ = reply_tx
-                                    .send(
-                                        e.to_error_frame(frame.header.version, frame.header.stream),
-                                    )
-                                    .await;
+                                let error =
+                                    e.to_error_frame(frame.header.version, frame.header.stream);
+                                let _ = reply_tx.send((error, true)).await;
                                 return "client protocol error";
                             }
                         }
@@ -666,7 +740,9 @@ impl Relay<'_> {
                     Err(e) => {
                         let (version, stream) = addressee(&buf);
                         tracing::warn!(error = %e, "garbage from the client; answering with an ERROR and closing");
-                        let _ = reply_tx.send(e.to_error_frame(version, stream)).await;
+                        let _ = reply_tx
+                            .send((e.to_error_frame(version, stream), true))
+                            .await;
                         return "client protocol error";
                     }
                 }
@@ -701,7 +777,13 @@ impl Relay<'_> {
                             Err(_) => return "internal error",
                         };
                         match action {
-                            Ok(UpstreamAction::Forward(f)) => enc.encode(&f, &mut out),
+                            Ok(UpstreamAction::Forward(f)) => {
+                                if is_schema_change(&f, self.compression) {
+                                    // The driver cannot see the peers to wait for agreement.
+                                    self.service.wait_schema_agreement().await;
+                                }
+                                enc.encode(&f, &mut out)
+                            }
                             Ok(UpstreamAction::Drop) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "unreadable topology answer from the upstream; closing rather than exposing it");
@@ -734,13 +816,16 @@ impl Relay<'_> {
                             self.touch();
                         }
                     },
-                    reply = reply_rx.recv() => {
-                        if let Some(reply) = reply {
-                            enc.encode(&reply, &mut out);
-                            let _ = cw.write_all(&out).await;
-                            let _ = cw.shutdown().await;
+                    reply = reply_rx.recv() => match reply {
+                        Some((frame, close)) => {
+                            enc.encode(&frame, &mut out);
+                            if close {
+                                let _ = cw.write_all(&out).await;
+                                let _ = cw.shutdown().await;
+                                return "client protocol error";
+                            }
                         }
-                        return "client protocol error";
+                        None => return "closed",
                     }
                 }
             }
