@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 
+# The client compatibility matrix (docs/COMPATIBILITY.md): every client stack of the seed documents.
+scripts/clients.sh postgres
+
 # Deployment artifacts: Kubernetes manifests against the schemas (offline), the Dockerfile
 # linted, the systemd unit verified; the self-test proves each check can fail.
 scripts/validate-deploy.sh --self-test

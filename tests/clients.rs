@@ -132,3 +132,56 @@ pub fn python() -> String {
         }
     })
 }
+
+/// Service Connector's connection strings carry `sslmode=require`, and Go's lib/pq defaults to
+/// it: such clients get TLS to the proxy (a self-signed certificate, since they do not verify).
+/// And a client that names no database (libpq then sends its user name) gets the configured one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sslmode_require_and_no_database_named() {
+    let s = Stack::start().await;
+    let proxy = s.proxy_sp().spawn();
+    let mut cmd = std::process::Command::new("psql");
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGSSLMODE", "require")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port().to_string(),
+            "-U",
+            "app",
+        ])
+        .args([
+            "-c",
+            "select current_database(), ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        ]);
+    let (ok, out, err) = crate::util::run(&mut cmd);
+    assert!(ok, "psql sslmode=require: {err}\n{}", proxy.log());
+    assert_eq!(out.trim(), format!("{DB}|t"));
+
+    // --client-tls-mode disable: the old behaviour, SSLRequest answered 'N'.
+    let plain = s.proxy_sp().args(["--client-tls-mode", "disable"]).spawn();
+    let mut cmd = std::process::Command::new("psql");
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGSSLMODE", "require")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &plain.port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            DB,
+        ])
+        .args(["-c", "select 1"]);
+    let (ok, _, err) = crate::util::run(&mut cmd);
+    assert!(!ok);
+    assert!(err.contains("does not support SSL"), "{err}");
+}

@@ -112,18 +112,23 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
         };
         let upstream = upstream(l, config, &trust)?;
         let local_tls = match &l.client_tls {
-            None => None,
+            Some(t) if t.mode == ClientTlsMode::Disable => None,
             Some(t) => Some(
                 LocalTls::new(
                     &t.cert_file,
                     &t.key_file,
                     match t.mode {
-                        ClientTlsMode::Offer => LocalTlsMode::Offer,
                         ClientTlsMode::Require => LocalTlsMode::Require,
+                        _ => LocalTlsMode::Offer,
                     },
                 )
                 .map_err(|e| anyhow::anyhow!("listener {}: client TLS: {e}", l.name))?,
             ),
+            None if l.client_tls_self_signed => Some(
+                LocalTls::self_signed()
+                    .map_err(|e| anyhow::anyhow!("listener {}: client TLS: {e}", l.name))?,
+            ),
+            None => None,
         };
         let listener_metrics = metrics.listener(&l.name, l.protocol.as_str());
         prepared.push(match (l.protocol, &l.cassandra) {

@@ -162,8 +162,11 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// CQL settings (protocol = cassandra).
     pub cassandra: Option<CassandraSettings>,
-    /// TLS between clients and the proxy.
+    /// TLS between clients and the proxy with a configured certificate.
     pub client_tls: Option<ClientTlsConfig>,
+    /// TLS between clients and the proxy with a self-signed certificate, when none is
+    /// configured (unless disabled).
+    pub client_tls_self_signed: bool,
 }
 
 /// TLS between clients and the proxy (files are reloaded when they change).
@@ -183,11 +186,14 @@ pub struct ClientTlsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientTlsMode {
-    /// TLS for clients that ask; plain for the others.
+    /// TLS for clients that ask; plain for the others. Without a certificate file, a
+    /// self-signed one generated at start (for `sslmode=require` clients, which do not verify).
     #[default]
     Offer,
-    /// Plain connections are refused.
+    /// Plain connections are refused (needs a certificate file).
     Require,
+    /// Never TLS between clients and the proxy (PostgreSQL's SSLRequest is answered 'N').
+    Disable,
 }
 
 // ---- The TOML file ----
@@ -230,6 +236,8 @@ struct FileListener {
     data_center: Option<String>,
     compression: Option<Vec<String>>,
     client_tls: Option<ClientTlsConfig>,
+    /// "disable" turns the self-signed TLS offer off when no client_tls is given.
+    client_tls_mode: Option<ClientTlsMode>,
     #[serde(default)]
     credential: FileCredential,
     #[serde(default)]
@@ -336,6 +344,15 @@ impl Config {
                     "nothing to serve: set AZURE_POSTGRESQL_CONNECTIONSTRING or AZURE_COSMOS_CONTACTPOINT \
                      (as Azure Service Connector does), or --postgres-upstream HOST with --postgres-user USER, \
                      or --cassandra-upstream HOST, or --config FILE"
+                );
+            }
+        }
+        for l in &listeners {
+            let wants_require = flags.client_tls_mode == Some(ClientTlsMode::Require);
+            if wants_require && l.client_tls.is_none() {
+                bail!(
+                    "--client-tls-mode require needs --client-tls-cert and --client-tls-key (listener {})",
+                    l.name
                 );
             }
         }
@@ -478,6 +495,9 @@ fn file_listener(
         l.protocol,
         unix_mode,
     )?;
+    if l.client_tls_mode == Some(ClientTlsMode::Require) && l.client_tls.is_none() {
+        bail!("client_tls_mode: \"require\" needs client_tls = {{ cert_file, key_file }}");
+    }
     let cassandra = match l.protocol {
         Protocol::Postgres => {
             for (key, set) in [
@@ -554,6 +574,7 @@ fn file_listener(
         },
         cassandra,
         client_tls: l.client_tls.clone().or_else(|| flags_client_tls(flags)),
+        client_tls_self_signed: self_signed_tls(flags, l.client_tls_mode),
         tls_ca_file: l.tls.ca_file.clone(),
         max_connections: flags
             .max_connections
@@ -613,7 +634,13 @@ fn flags_listener(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Lis
         max_connections: flags.max_connections.unwrap_or(0),
         cassandra: None,
         client_tls: flags_client_tls(flags),
+        client_tls_self_signed: self_signed_tls(flags, None),
     }))
+}
+
+/// Self-signed client TLS is offered unless the mode is `disable` (from the flag, else the file).
+fn self_signed_tls(flags: &Flags, file_mode: Option<ClientTlsMode>) -> bool {
+    flags.client_tls_mode.or(file_mode) != Some(ClientTlsMode::Disable)
 }
 
 fn flags_unix_mode(flags: &Flags) -> anyhow::Result<u32> {
@@ -785,6 +812,7 @@ fn flags_cassandra_listener(
         max_connections: flags.max_connections.unwrap_or(0),
         cassandra: Some(settings),
         client_tls: flags_client_tls(flags),
+        client_tls_self_signed: self_signed_tls(flags, None),
     }))
 }
 

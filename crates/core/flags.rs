@@ -82,7 +82,7 @@ pub struct Flags {
     )]
     pub client_tls_key: Option<PathBuf>,
 
-    /// Offer TLS to clients (plain ones are served too) or require it [default: offer].
+    /// Offer TLS to clients (plain ones are served too; without --client-tls-cert a self-signed certificate, for sslmode=require clients), require it, or disable it [default: offer].
     #[arg(
         long,
         env = "ENTRA_DB_PROXY_CLIENT_TLS_MODE",

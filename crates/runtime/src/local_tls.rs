@@ -38,6 +38,37 @@ pub struct LocalTls {
 }
 
 impl LocalTls {
+    /// TLS with a certificate generated now, valid for `localhost`, 127.0.0.1 and ::1, and
+    /// signed by nobody: for clients that want encryption but do not verify (libpq's and lib/pq's
+    /// `sslmode=require`, which Service Connector's connection strings carry). Clients that verify
+    /// need a configured certificate.
+    pub fn self_signed() -> Result<LocalTls, String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .map_err(|e| e.to_string())?;
+        params.subject_alt_names.extend([
+            rcgen::SanType::IpAddress([127, 0, 0, 1].into()),
+            rcgen::SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+        ]);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "entra-db-proxy (self-signed)");
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        let config = ServerConfig::builder_with_provider(dbproxy_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(LocalTls {
+            mode: LocalTlsMode::Offer,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
     /// Loads the certificate and key now (failing start-up if they are unusable).
     pub fn new(cert: &Path, key: &Path, mode: LocalTlsMode) -> Result<LocalTls, String> {
         let resolver = Arc::new(ReloadingCert::new(cert, key)?);

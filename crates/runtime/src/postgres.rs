@@ -438,10 +438,20 @@ impl PostgresService {
 
     /// The StartupMessage sent upstream: the client's, with `user` replaced by the Entra user and
     /// `database` defaulted.
+    ///
+    /// libpq, pgjdbc and node-postgres send the user name as the database when the application
+    /// names none; since the proxy replaces the user, such a database name is treated as "none"
+    /// when a default database is configured.
     fn upstream_startup(&self, mut startup: StartupMessage) -> StartupMessage {
+        let client_user = startup.get("user").map(str::to_owned);
         startup.set("user", self.user.as_str());
-        let has_db = startup.get("database").is_some_and(|d| !d.is_empty());
-        if !has_db {
+        let database = startup.get("database").filter(|d| !d.is_empty());
+        let named = match (database, &client_user) {
+            (None, _) => false,
+            (Some(db), Some(user)) if db == user && self.default_database.is_some() => false,
+            (Some(_), _) => true,
+        };
+        if !named {
             match &self.default_database {
                 Some(db) => {
                     startup.set("database", db.as_str());
