@@ -1434,7 +1434,10 @@ mod tests {
         assert!(seen.contains("AuthorizationFailed"), "{seen}");
         assert!(seen.contains("no primaryMasterKey in the answer"), "{seen}");
         assert!(seen.contains("not JSON"), "{seen}");
-        assert!(logs.contains("Cosmos DB account key"), "the logs were captured: {logs}");
+        assert!(
+            logs.contains("Cosmos DB account key"),
+            "the logs were captured: {logs}"
+        );
         for (what, text) in [("output", &all), ("logs", &logs)] {
             assert!(!text.contains("SENTINEL"), "{what} leaks a key: {text}");
             assert!(!text.contains("arm-token-"), "{what} leaks a token: {text}");
