@@ -24,7 +24,7 @@ case "${1:-}" in
     cancel=$(cat "${TMPDIR:-/tmp}/psql-cancel.$$"); rm -f "${TMPDIR:-/tmp}/psql-cancel.$$"
     echo "$cancel" | grep -q "canceling statement due to user request" || fail "cancel: $cancel"
     ver=$(psql --version | awk '{print $3}')
-    echo "ok psql psql $ver simple query protocol, PREPARE/EXECUTE, \\gset, transaction; SIGINT cancel forwarded (57014); client TLS prefer→N"
+    echo "ok psql psql $ver simple query protocol, PREPARE/EXECUTE, \\gset, transaction; SIGINT cancel forwarded (57014); upstream TLS ${ssl}"
     ;;
   *) echo "usage: $0 install|test" >&2; exit 2 ;;
 esac
