@@ -337,3 +337,41 @@ async fn garbage_gets_an_error_and_a_close_while_others_work() {
         .await
         .unwrap();
 }
+
+/// Over the connection cap a driver gets CQL Overloaded (0x1001) on its first request.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_cap_clients_get_overloaded() {
+    let a = Account::new(1, "cap1").await;
+    let proxy = a.proxy().env("ENTRA_DB_PROXY_MAX_CONNECTIONS", "1").spawn();
+    let addr = proxy.addrs["cassandra"];
+    // One session: STARTUP → READY.
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    dbproxy_cassandra::messages::startup_frame(4, 1, &[("CQL_VERSION", "3.0.0")]).encode(&mut out);
+    first.write_all(&out).await.unwrap();
+    let mut ready = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(20), first.read_exact(&mut ready))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ready[4], 0x02, "READY: {ready:?}");
+    // A second one is over the cap.
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second
+        .write_all(&[0x04, 0, 0, 7, 0x05, 0, 0, 0, 0])
+        .await
+        .unwrap(); // OPTIONS, stream 7
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &reply[..5],
+        &[0x84, 0, 0, 7, 0x00],
+        "an ERROR on stream 7: {reply:?}"
+    );
+    assert_eq!(&reply[9..13], &[0, 0, 0x10, 0x01], "Overloaded");
+    assert!(String::from_utf8_lossy(&reply).contains("too many connections"));
+    drop(first);
+}
