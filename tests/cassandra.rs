@@ -177,6 +177,22 @@ async fn scylla_driver_through_the_proxy_v4() {
     assert_eq!(nodes, vec![proxy.addrs["cassandra"].ip()]);
 }
 
+/// v4 body compression with snappy, and a driver configured with credentials of its own (a
+/// dummy password): the proxy never asks for them, and the session works.
+#[tokio::test(flavor = "multi_thread")]
+async fn scylla_driver_with_snappy_and_dummy_credentials() {
+    let a = Account::new(1, "snappy").await;
+    let proxy = a.proxy().spawn();
+    let s = SessionBuilder::new()
+        .known_node(proxy.addrs["cassandra"].to_string())
+        .compression(Some(scylla::frame::Compression::Snappy))
+        .user("app", "dummy-password")
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    write_and_read(&s, "ks_snappy", 1_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scylla_driver_with_lz4() {
     let a = Account::new(1, "lz4").await;
