@@ -6,7 +6,8 @@
 //!    Entra ID are built once.
 //! 3. Each listener gets a credential and a token cache whose refresher starts at once, so the
 //!    first token is usually there before the first client.
-//! 4. Every listener is bound before any accepts: an address in use stops start-up with an error.
+//! 4. Listeners are bound one after the other (TCP or Unix sockets); an address in use stops
+//!    start-up with an error before the proxy reports ready.
 //!    The admin server (if any) starts last; `/startup` turns 200 once credentials are in.
 //!
 //! Shutdown, on SIGTERM/SIGINT:
