@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Client compatibility matrix: real applications' database libraries, each in its own language,
-# connect to entra-db-proxy with NO password and do ordinary work (DDL, parameterised inserts and
-# reads, a prepared statement, a duplicate-key error caught by SQLSTATE, current_user = the Entra
-# user, a clean close). Results go to docs/COMPATIBILITY.md.
+# connect to entra-db-proxy with NO password (PostgreSQL) or NO credentials and NO TLS (CQL) and
+# do ordinary work (DDL, parameterised inserts and reads, a prepared statement, an expected error
+# caught by its code, a clean close). Results go to docs/COMPATIBILITY.md.
 #
 #   scripts/clients.sh                      # every PostgreSQL stack
+#   scripts/clients.sh cassandra            # every Cassandra stack, on a 1-node and a 3-node cluster
+#   scripts/clients.sh all                  # both (PostgreSQL, then Cassandra)
 #   scripts/clients.sh --only node-pg       # one row (the others in the doc are kept as they were)
-#   scripts/clients.sh --list [postgres]    # the stacks
-#   scripts/clients.sh [--only STACK] [postgres|cassandra]
+#   scripts/clients.sh --only gocql --nodes 3 cassandra   # one Cassandra row
+#   scripts/clients.sh --list [postgres|cassandra]        # the stacks
+#   scripts/clients.sh [--only STACK] [--nodes 1|3] [postgres|cassandra|all]
 #
 # What it does: installs what the selected stacks need (idempotent, cached between runs: Debian
 # packages, a venv keyed by the requirements' hash, ~/.m2, GOMODCACHE, the npm cache), builds the
 # proxy and the stand-ins, starts the stand-ins (real PostgreSQL with TLS + password auth, fake
 # Entra ID) and ONE proxy on a free loopback port, runs each stack's `run.sh test`, collects the
 # one-line results, rewrites its section of docs/COMPATIBILITY.md, and exits non-zero if any row
-# failed. ENTRA_DB_PROXY_BIN / DBPROXY_STANDINS_BIN: use these binaries instead of building them
-# (e.g. a release build, or CI's). Logs of the last run: $ENTRA_DB_PROXY_CACHE/clients-logs/<db>/ (default ~/.cache/...).
+# failed. Cassandra: the stand-ins are a real Cassandra 5.0 (TLS, PasswordAuthenticator) and a
+# fake Entra ID + ARM listKeys (dbproxy-cql-standins); every stack runs against a 1-node cluster
+# and then a 3-node one (--nodes picks one), each behind its own proxy, and a row passes only if
+# the driver knows exactly one host (the proxy). ENTRA_DB_PROXY_BIN / DBPROXY_STANDINS_BIN /
+# DBPROXY_CQL_STANDINS_BIN: use these binaries instead of building them (e.g. a release build, or
+# CI's). Logs of the last run: $ENTRA_DB_PROXY_CACHE/clients-logs/<db>/ (default ~/.cache/...).
 #
 # A stack is a directory tests/clients/<db>/<stack>/ with an executable run.sh (see
 # tests/clients/README.md for the contract). Adding the Cassandra half = adding
@@ -26,17 +33,36 @@ root=$(pwd)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-db=postgres only="" list=0
+db=postgres only="" list=0 nodes_arg=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) [ $# -ge 2 ] || usage; only="$2"; shift 2 ;;
     --only=*) only="${1#--only=}"; shift ;;
+    --nodes) [ $# -ge 2 ] || usage; nodes_arg="$2"; shift 2 ;;
+    --nodes=*) nodes_arg="${1#--nodes=}"; shift ;;
     --list) list=1; shift ;;
-    postgres|cassandra) db="$1"; shift ;;
+    postgres|cassandra|all) db="$1"; shift ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
 done
+case "$nodes_arg" in ""|1|3) ;; *) echo "--nodes 1 or 3" >&2; exit 2 ;; esac
+
+if [ "$db" = all ]; then
+  [ -z "$only" ] || { echo "--only names one stack of one database: add postgres or cassandra" >&2; exit 2; }
+  if [ $list -eq 1 ]; then "$root/scripts/clients.sh" --list postgres; "$root/scripts/clients.sh" --list cassandra; exit 0; fi
+  rc=0
+  "$root/scripts/clients.sh" postgres || rc=1
+  "$root/scripts/clients.sh" ${nodes_arg:+--nodes "$nodes_arg"} cassandra || rc=1
+  exit $rc
+fi
+# The targets each stack runs against: one for PostgreSQL; for Cassandra, a cluster of each size.
+if [ "$db" = cassandra ]; then
+  if [ -n "$nodes_arg" ]; then targets=("$nodes_arg"); else targets=(1 3); fi
+else
+  [ -z "$nodes_arg" ] || { echo "--nodes is for cassandra" >&2; exit 2; }
+  targets=("")
+fi
 
 stacks_dir="tests/clients/$db"
 mapfile -t all_stacks < <(find "$stacks_dir" -mindepth 2 -maxdepth 2 -name run.sh -printf '%h\n' 2>/dev/null | xargs -rn1 basename | sort)
@@ -62,10 +88,15 @@ work=$(mktemp -d)
 results="$work/results.tsv"
 : > "$results"
 pids=()
-cleanup() {
+# Stops what start_<db> started (the proxy, then the stand-ins, which stop their servers).
+stop_target() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  stop_target
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -92,6 +123,7 @@ t_installed=$(now)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { local _; for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
+proxy_log="$logs/proxy.log"
 start_postgres() {
   eval "$(scripts/install-deps.sh)"   # PostgreSQL server/client for the stand-ins (cached)
   local target="${CARGO_TARGET_DIR:-target}/debug"
@@ -135,47 +167,112 @@ start_postgres() {
   echo "== proxy on 127.0.0.1:$port (upstream user $entra_user, database $db_name)" >&2
 }
 
+# start_cassandra NODES: a Cassandra cluster of NODES nodes with a Cosmos-like account (its
+# password is the fake ARM's primary key) and ONE proxy CQL listener in front of it; the stacks
+# get only the proxy's address, as Service Connector's AZURE_COSMOS_CONTACTPOINT/PORT.
 start_cassandra() {
-  # For the Cassandra half: build and start its stand-ins and one proxy listener, then export
-  # what its stacks read (e.g. CQL_HOST, CQL_PORT, CQL_KEYSPACE, EXPECT_USER).
-  echo "the Cassandra half is not implemented yet (see tests/clients/README.md)" >&2
-  exit 2
+  local nodes="$1"
+  eval "$(scripts/install-deps.sh)"   # Cassandra's jars and JDK 17 (EDP_CASSANDRA_LIB, EDP_JAVA), cached
+  local target="${CARGO_TARGET_DIR:-target}/debug"
+  local proxy_bin="${ENTRA_DB_PROXY_BIN:-$target/entra-db-proxy}"
+  local standins_bin="${DBPROXY_CQL_STANDINS_BIN:-$target/dbproxy-cql-standins}"
+  if [ -z "${cql_built:-}" ]; then
+    if [ -z "${ENTRA_DB_PROXY_BIN:-}" ]; then
+      echo "== build entra-db-proxy" >&2
+      cargo build --quiet --bin entra-db-proxy
+    fi
+    if [ -z "${DBPROXY_CQL_STANDINS_BIN:-}" ]; then
+      echo "== build dbproxy-cql-standins" >&2
+      cargo build --quiet -p dbproxy-testkit --bin dbproxy-cql-standins
+    fi
+    cql_built=1
+  fi
+
+  local env_file="$work/cql-standins-$nodes.env"
+  echo "== start Cassandra ($nodes node(s)) and the fake Entra ID / ARM" >&2
+  "$standins_bin" --env-file "$env_file" --nodes "$nodes" > "$logs/standins.n$nodes.log" 2>&1 &
+  local standins_pid=$!
+  pids+=("$standins_pid")
+  local _
+  for _ in $(seq 1 1500); do
+    [ -f "$env_file" ] && break
+    kill -0 "$standins_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  [ -f "$env_file" ] || { echo "the CQL stand-ins did not start:" >&2; tail -n 20 "$logs/standins.n$nodes.log" >&2; exit 1; }
+
+  local port; port=$(free_port)
+  proxy_log="$logs/proxy.n$nodes.log"
+  # The proxy alone sees the stand-ins' variables (AZURE_COSMOS_* of a service principal, the
+  # CA file); the clients see only the proxy's address. --cassandra-data-center: the seed's apps
+  # say withLocalDatacenter("datacenter1") / localDataCenter: 'datacenter1'.
+  (set -a; . "$env_file"; set +a
+   RUST_LOG="${RUST_LOG:-info}" ENTRA_DB_PROXY_CASSANDRA_LISTEN="127.0.0.1:$port" \
+     exec "$proxy_bin" --cassandra-data-center datacenter1) > "$proxy_log" 2>&1 &
+  pids+=($!)
+  wait_port "$port" || { echo "proxy did not listen on $port:" >&2; tail -n 20 "$proxy_log" >&2; exit 1; }
+
+  # Nothing that could carry a credential or turn TLS on reaches the clients.
+  unset AZURE_COSMOS_USERNAME AZURE_COSMOS_LISTKEYURL AZURE_COSMOS_SCOPE AZURE_COSMOS_CLIENTID \
+        AZURE_COSMOS_CLIENTSECRET AZURE_COSMOS_TENANTID AZURE_COSMOS_KEYSPACE AZURE_CLIENT_ID \
+        AZURE_CLIENT_SECRET AZURE_TENANT_ID SSL_CERT_FILE
+  export AZURE_COSMOS_CONTACTPOINT=127.0.0.1 AZURE_COSMOS_PORT="$port"
+  export CQL_HOST=127.0.0.1 CQL_PORT="$port" CQL_NODES="$nodes"
+  echo "== proxy on 127.0.0.1:$port in front of $(. "$env_file"; echo "$STANDINS_CQL_NODE_ADDRS") (account $(. "$env_file"; echo "$STANDINS_CQL_ACCOUNT"))" >&2
 }
 
-"start_$db"
-t_started=$(now)
-
-# ---- 3. run the stacks -----------------------------------------------------------------------
+# ---- 3. per target: start it, run the stacks, stop it ----------------------------------------
 fails=0
+t_started_sum=0 t_tests_sum=0
+for tgt in "${targets[@]}"; do
+t_before_start=$(now)
+"start_$db" $tgt
+t_started=$(now)
+t_started_sum=$(( t_started_sum + t_started - t_before_start ))
+sfx=${tgt:+.n$tgt}
+where=${tgt:+" ($tgt node$([ "$tgt" = 1 ] || echo s))"}
 for s in "${stacks[@]}"; do
   title=$(sed -n 's/^# title: //p' "$stacks_dir/$s/run.sh" | head -n1)
   t0=$(now)
+  tlog="$logs/$s$sfx.test.log"
   if [ -n "${install_fail[$s]:-}" ]; then
     line="FAIL $s ${install_fail[$s]}"
   else
-    echo "== test $s" >&2
+    echo "== test $s$where" >&2
     set +e
-    out=$(timeout 300 "$stacks_dir/$s/run.sh" test 2> "$logs/$s.test.log")
+    out=$(timeout 300 "$stacks_dir/$s/run.sh" test 2> "$tlog")
     rc=$?
     set -e
-    echo "$out" >> "$logs/$s.test.log"
+    echo "$out" >> "$tlog"
     line=$(printf '%s\n' "$out" | grep -E "^(ok|FAIL|SKIP) $s( |$)" | tail -n1 || true)
     if [ $rc -ne 0 ] && [[ "$line" != FAIL* ]]; then
-      reason=$(grep -v '^\s*$' "$logs/$s.test.log" | tail -n1 | cut -c1-200)
+      reason=$(grep -v '^\s*$' "$tlog" | tail -n1 | cut -c1-200)
       [ $rc -eq 124 ] && reason="timed out after 300 s; $reason"
       line="FAIL $s exit $rc: $reason"
     elif [ $rc -eq 0 ] && [ -z "$line" ]; then
       line="FAIL $s printed no result line"
     fi
+    # CQL: the driver must know exactly one host, the proxy, and say which protocol it speaks.
+    if [ "$db" = cassandra ] && [[ "$line" == ok* ]]; then
+      hosts=$(sed -n 's/.* hosts=\([0-9]*\).*/\1/p' <<<"$line")
+      if [ "$hosts" != 1 ]; then
+        line="FAIL $s the driver knows ${hosts:-an unknown number of} hosts, not just the proxy: ${line#ok $s }"
+      elif ! grep -qE ' protocol=v[0-9]+' <<<"$line"; then
+        line="FAIL $s no protocol=vN in its result: ${line#ok $s }"
+      fi
+    fi
   fi
   test_s=$(( $(now) - t0 ))
-  echo "$line" | tee -a "$logs/results.txt"
+  echo "${where:+[$tgt node(s)] }$line" | tee -a "$logs/results.txt"
   if [[ "$line" == FAIL* ]]; then
     fails=$((fails + 1))
-    { echo "   --- last lines of $logs/$s.test.log:"; tail -n 15 "$logs/$s.test.log" | sed 's/^/   | /'
-      echo "   --- last lines of $logs/proxy.log:"; tail -n 15 "$logs/proxy.log" | sed 's/^/   | /'; } >&2
+    { echo "   --- last lines of $tlog:"; tail -n 15 "$tlog" | sed 's/^/   | /'
+      echo "   --- last lines of $proxy_log:"; tail -n 15 "$proxy_log" | sed 's/^/   | /'; } >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$db" "$s" "$title" "${install_s[$s]}" "$test_s" "$line" >> "$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$db" "$s" "$title" "${install_s[$s]}" "$test_s" "$line" "$tgt" >> "$results"
+done
+t_tests_sum=$(( t_tests_sum + $(now) - t_started ))
+stop_target
 done
 t_end=$(now)
 
@@ -186,9 +283,9 @@ else
   rev="entra-db-proxy $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' + local changes')"
 fi
 ENTRA_DB_PROXY_REV="$rev" \
-ALL_STACKS="${all_stacks[*]}" ONLY="$only" \
-TIMES="$(( t_end - t_start )) s in all: install $(( t_installed - t_start )) s, build and start $(( t_started - t_installed )) s, tests $(( t_end - t_started )) s" \
+ALL_STACKS="${all_stacks[*]}" ONLY="$only" NODES="$nodes_arg" TARGETS="${targets[*]}" \
+TIMES="$(( t_end - t_start )) s in all: install $(( t_installed - t_start )) s, build and start $t_started_sum s, tests $t_tests_sum s" \
   python3 tests/clients/gen_compat.py "$db" "$results" docs/COMPATIBILITY.md
 
-echo "== $(( t_end - t_start )) s (install $(( t_installed - t_start )) s, build+start $(( t_started - t_installed )) s, tests $(( t_end - t_started )) s); $fails failed; logs in $logs; docs/COMPATIBILITY.md updated" >&2
+echo "== $(( t_end - t_start )) s (install $(( t_installed - t_start )) s, build+start $t_started_sum s, tests $t_tests_sum s); $fails failed; logs in $logs; docs/COMPATIBILITY.md updated" >&2
 [ $fails -eq 0 ]

@@ -19,7 +19,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 
 # The client compatibility matrix (docs/COMPATIBILITY.md): every client stack of the seed documents.
-scripts/clients.sh postgres
+scripts/clients.sh all
 
 # Deployment artifacts: Kubernetes manifests against the schemas (offline), the Dockerfile
 # linted, the systemd unit verified; the self-test proves each check can fail.

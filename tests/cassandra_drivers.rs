@@ -126,8 +126,20 @@ async fn run_client(
 
 /// `tests/clients/cassandra/python/sample.py` under the test clients' Python.
 async fn python_sample(proxy: &Proxy, keyspace: &str, protocol: Option<u8>) -> ClientRun {
+    python_sample_with(proxy, keyspace, protocol, None).await
+}
+
+async fn python_sample_with(
+    proxy: &Proxy,
+    keyspace: &str,
+    protocol: Option<u8>,
+    compression: Option<&str>,
+) -> ClientRun {
     let python = python();
     let mut cmd = client_command(&python);
+    if let Some(c) = compression {
+        cmd.env("CQL_COMPRESSION", c);
+    }
     cmd.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/cassandra/python/sample.py"
@@ -243,6 +255,30 @@ async fn python_cassandra_driver_negotiates_v5_one_node() {
         Some("v5"),
         "{}",
         run.stdout
+    );
+    assert_only_the_proxy(&run, &proxy, "datacenter1");
+}
+
+/// v5 with LZ4-compressed segments end to end.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_cassandra_driver_v5_with_lz4_segments() {
+    let a = Account::new(1, "pylz4").await;
+    let proxy = a.proxy().spawn();
+    let run = python_sample_with(&proxy, "ks_pylz4", None, Some("lz4")).await;
+    assert_eq!(
+        run.field("protocol").as_deref(),
+        Some("v5"),
+        "{}",
+        run.stdout
+    );
+    // The STARTUP the proxy replayed upstream asked for lz4.
+    assert!(
+        proxy
+            .lines()
+            .iter()
+            .any(|l| l.contains("logged in upstream")),
+        "{}",
+        proxy.log()
     );
     assert_only_the_proxy(&run, &proxy, "datacenter1");
 }

@@ -2,12 +2,15 @@
 
 usage: gen_compat.py DB RESULTS_TSV DOC
 
-RESULTS_TSV rows: db, stack, title, install seconds, test seconds, result line, where the result
-line is `ok <stack> <library> <version> [detail]`, `FAIL <stack> <reason>` or
-`SKIP <stack> <reason>`. Each database has its own section between `<!-- begin DB -->` and
-`<!-- end DB -->`; only DB's section is rewritten, and in it only the rows that ran (a
-`--only` run keeps the other rows as they were). Environment: ALL_STACKS (space-separated, in
-order), ONLY, TIMES, ENTRA_DB_PROXY_REV.
+RESULTS_TSV rows: db, stack, title, install seconds, test seconds, result line[, target], where
+the result line is `ok <stack> <library> <version> [detail]`, `FAIL <stack> <reason>` or
+`SKIP <stack> <reason>`, and target (Cassandra) the cluster's node count. Each database has its
+own section between `<!-- begin DB -->` and `<!-- end DB -->`; only DB's section is rewritten,
+and in it only the rows that ran (a `--only` or `--nodes` run keeps the other rows as they
+were). Cassandra rows are one per stack and cluster size, with the protocol version the driver
+negotiated (`protocol=vN`) and the hosts it knows (`hosts=N`, must be 1: the proxy) in their
+own columns. Environment: ALL_STACKS (space-separated, in order), ONLY, TIMES, ENTRA_DB_PROXY_REV,
+TARGETS (Cassandra: the node counts, in order; default "1 3").
 """
 
 import datetime
@@ -35,22 +38,64 @@ catching SQLSTATE `23505`, checks that `current_user` is the Entra user the prox
 and closes cleanly. Some rows check more (query cancel, COPY, pipelining, transactions); the
 notes column says what.
 
-Run every row: `scripts/clients.sh` (add `postgres` or, later, `cassandra`). Run one row:
-the command in its last column. Logs of the last run: `~/.cache/entra-db-proxy/clients-logs/`.
+Cassandra rows do the same with CQL drivers against a real Cassandra 5.0 (TLS,
+`PasswordAuthenticator`) whose account password is the key a fake ARM `listKeys` returns: the
+program connects to the proxy with **no credentials and no TLS**, creates a keyspace and table,
+inserts and reads back rows with parameters, uses prepared statements, catches the server's
+Invalid (0x2200) error on a missing table and carries on, and closes cleanly; on a 1-node and a
+3-node cluster, and the driver must know exactly one host (the proxy).
+
+Run every row: `scripts/clients.sh` (PostgreSQL), `scripts/clients.sh cassandra`, or
+`scripts/clients.sh all`. Run one row: the command in its last column. Logs of the last run:
+`~/.cache/entra-db-proxy/clients-logs/`.
 """
 
 PLACEHOLDER = {
-    "cassandra": "Not implemented yet. The structure is ready: add `tests/clients/cassandra/<stack>/run.sh` "
-    "(Python cassandra-driver, gocql, DataStax Java driver 4.x, Node cassandra-driver) and "
-    "`start_cassandra` in `scripts/clients.sh`; then `scripts/clients.sh cassandra`.",
+    "cassandra": "Not run yet: `scripts/clients.sh cassandra`.",
 }
 
 COLS = "| Stack | Client | Library + version | Protocol / notes | Result | Seconds (install + run) | Last run (UTC) | Re-run |"
 SEP = "|---|---|---|---|---|---|---|---|"
+CQL_COLS = "| Stack | Cluster | Client | Library + version | Protocol | Hosts the driver knows | Notes | Result | Seconds (install + run) | Last run (UTC) | Re-run |"
+CQL_SEP = "|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def cell(text):
     return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def nodes_label(target):
+    return f"{target} node" + ("" if target == "1" else "s")
+
+
+def cql_row(stack, title, inst, run, line, when, target):
+    parts = line.split(" ", 2)
+    status = parts[0]
+    rest = parts[2] if len(parts) > 2 else ""
+    lib, proto, hosts, notes = "", "", "", ""
+    if status == "ok":
+        bits = rest.split(" ", 2)
+        lib = " ".join(bits[:2])
+        notes = bits[2] if len(bits) > 2 else ""
+        m = re.search(r"(?:^| )protocol=(v\d+)", notes)
+        if m:
+            proto = m.group(1)
+        m = re.search(r"(?:^| )hosts=(\d+)", notes)
+        if m:
+            hosts = m.group(1)
+        notes = re.sub(r"(?:^| )(protocol=v\d+|hosts=\d+)", "", notes).strip()
+        result = "ok"
+    elif status == "SKIP":
+        result = "not run here"
+        notes = rest
+    else:
+        result = "**FAIL**"
+        notes = rest
+    rerun = f"`scripts/clients.sh --only {stack} --nodes {target} cassandra`"
+    return "| " + " | ".join(
+        [f"`{stack}`", nodes_label(target), cell(title), cell(lib), proto, hosts, cell(notes),
+         result, f"{inst} + {run}", when, rerun]
+    ) + " |"
 
 
 def row(db, stack, title, inst, run, line, when):
@@ -91,7 +136,11 @@ def main():
             if len(fields) < 6 or fields[0] != db:
                 continue
             _, stack, title, inst, run, line = fields[:6]
-            new_rows[stack] = row(db, stack, title, inst, run, line, when)
+            target = fields[6] if len(fields) > 6 else ""
+            if db == "cassandra":
+                new_rows[(stack, target)] = cql_row(stack, title, inst, run, line, when, target)
+            else:
+                new_rows[stack] = row(db, stack, title, inst, run, line, when)
 
     old = open(doc_path).read() if os.path.exists(doc_path) else ""
     sections = {}
@@ -102,20 +151,39 @@ def main():
 
     old_rows = {}
     for line in sections.get(db, "").splitlines():
-        m = re.match(r"^\| `([^`]+)` \|", line)
+        m = re.match(r"^\| `([^`]+)` \|(?: (\d+) nodes? \|)?", line)
         if m:
-            old_rows[m.group(1)] = line
+            old_rows[(m.group(1), m.group(2)) if db == "cassandra" else m.group(1)] = line
 
     lines = [f"## {DBS[db]}", ""]
-    scope = f"only `{only}` this time, the other rows are from earlier runs" if only else "every stack"
+    nodes = os.environ.get("NODES", "")
+    what = " ".join(x for x in [f"`{only}`" if only else "", f"on {nodes_label(nodes)}" if nodes else ""] if x)
+    scope = f"only {what} this time, the other rows are from earlier runs" if what else "every stack"
     lines.append(
         f"Generated at {now.strftime('%Y-%m-%d %H:%M:%S')} UTC from "
         f"{os.environ.get('ENTRA_DB_PROXY_REV', 'unknown')} by `scripts/clients.sh"
         f"{'' if db == 'postgres' else ' ' + db}` ({scope}; {os.environ.get('TIMES', '')})."
     )
-    lines.append(f"Re-run one row: `scripts/clients.sh --only STACK{'' if db == 'postgres' else ' ' + db}` (e.g. the last column).")
-    lines += ["", COLS, SEP]
-    for stack in all_stacks:
+    if db == "cassandra":
+        lines.append("Re-run one row: `scripts/clients.sh --only STACK --nodes 1|3 cassandra` (e.g. the last column).")
+        lines += ["", CQL_COLS, CQL_SEP]
+        targets = os.environ.get("TARGETS", "").split() or ["1", "3"]
+        for target in ["1", "3"] + [t for t in targets if t not in ("1", "3")]:
+            for stack in all_stacks:
+                key = (stack, target)
+                if key in new_rows:
+                    lines.append(new_rows[key])
+                elif key in old_rows:
+                    lines.append(old_rows[key])
+                else:
+                    lines.append(
+                        f"| `{stack}` | {nodes_label(target)} |  |  |  |  |  | not run yet |  |  | "
+                        f"`scripts/clients.sh --only {stack} --nodes {target} cassandra` |"
+                    )
+    else:
+        lines.append("Re-run one row: `scripts/clients.sh --only STACK` (e.g. the last column).")
+        lines += ["", COLS, SEP]
+    for stack in all_stacks if db != "cassandra" else []:
         if stack in new_rows:
             lines.append(new_rows[stack])
         elif stack in old_rows:

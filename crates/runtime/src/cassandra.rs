@@ -144,6 +144,10 @@ impl Service for CassandraService {
             Err(f) if f.cause == "client_eof" => {
                 tracing::debug!("connection closed before STARTUP");
             }
+            Err(f) if f.cause == "version_negotiation" => {
+                send_failure(&mut client, &f).await;
+                tracing::debug!(detail = %f.message, "protocol version refused; the driver will retry with a lower one");
+            }
             Err(f) => {
                 self.metrics.handshake_failed(f.cause);
                 send_failure(&mut client, &f).await;
@@ -444,8 +448,16 @@ impl CassandraService {
                     })?;
                 }
                 Ok(HandshakeAction::ReplyAndClose(reply)) => {
+                    // Above the listener's maximum: drivers offer their highest version (the
+                    // Python and Node drivers start with DSE's v65/v66) and step down on this
+                    // error. Normal negotiation, not a failure.
+                    let negotiation = version > self.max_version;
                     return Err(Failure {
-                        cause: "client_protocol",
+                        cause: if negotiation {
+                            "version_negotiation"
+                        } else {
+                            "client_protocol"
+                        },
                         message: format!(
                             "refused the client's opening (opcode {:#04x}, protocol v{version})",
                             frame.header.opcode

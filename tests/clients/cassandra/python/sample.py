@@ -16,8 +16,12 @@ Environment:
   FETCH_SIZE                                     page size of the read-back (default 500)
   CQL_DEBUG                                      set: the driver's debug log on stderr
 
+Then an error the app handles: a query on a missing table raises the driver's InvalidRequest
+(CQL code 0x2200), which is caught, and the session goes on (a parameterised simple statement).
+
 Prints one line: `ok python cassandra-driver <version> protocol=v<N> hosts=<known hosts>
-dc=<data center> rows=<N> pages=<N>`; exits non-zero with a traceback on any failure.
+dc=<data center> rows=<N> pages=<N> error=<caught error>`; exits non-zero with a traceback on
+any failure.
 """
 
 import logging
@@ -38,6 +42,8 @@ if os.getenv("CQL_DEBUG"):
     logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 kwargs = {}
+if os.getenv("CQL_COMPRESSION"):  # e.g. "lz4" (needs the lz4 package)
+    kwargs["compression"] = os.getenv("CQL_COMPRESSION")
 forced = os.getenv("CQL_PROTOCOL_VERSION")
 if forced:
     kwargs["protocol_version"] = int(forced)
@@ -103,11 +109,26 @@ assert pages >= rows // fetch_size, f"expected paging, got {pages} page(s)"
 (count,) = session.execute("SELECT count(*) FROM items").one()
 assert count == rows, f"count(*) = {count}, want {rows}"
 
+# An error the app expects and handles: the session stays usable afterwards.
+from cassandra import InvalidRequest
+
+try:
+    session.execute("SELECT id FROM no_such_table WHERE id = %s", (1,))
+    raise AssertionError("a query on a missing table succeeded")
+except InvalidRequest as e:
+    assert "code=2200" in str(e), e
+    caught = "InvalidRequest/2200"
+(name,) = session.execute("SELECT name FROM items WHERE id = %s", (rows - 1,)).one()
+assert name == f"item {rows - 1}", name
+
 hosts = cluster.metadata.all_hosts()
+# Whether the driver compresses on its connections (private API, for the test's assertion only).
+conn = getattr(cluster.control_connection, "_connection", None)
+compressed = "lz4" if getattr(conn, "compressor", None) is not None else "none"
 dcs = ",".join(sorted({str(h.datacenter) for h in hosts}))
 print(
     f"ok python cassandra-driver {cassandra.__version__} protocol=v{cluster.protocol_version} "
-    f"hosts={len(hosts)} dc={dcs} rows={read} pages={pages}"
+    f"hosts={len(hosts)} dc={dcs} rows={read} pages={pages} error={caught} compression={compressed}"
 )
 sys.stdout.flush()
 cluster.shutdown()

@@ -13,6 +13,7 @@ import com.datastax.oss.driver.api.core.cql.ResultSet;
 import com.datastax.oss.driver.api.core.cql.Row;
 import com.datastax.oss.driver.api.core.cql.SimpleStatement;
 import com.datastax.oss.driver.api.core.metadata.Node;
+import com.datastax.oss.driver.api.core.servererrors.InvalidQueryException;
 import com.datastax.oss.driver.api.core.session.Session;
 import java.net.InetSocketAddress;
 import java.time.Duration;
@@ -31,12 +32,15 @@ import java.util.concurrent.atomic.AtomicReference;
  * <p>Then a workload: a keyspace and a table, ROWS rows written with a prepared statement (async,
  * bounded concurrency), read back with paging, checked.
  *
+ * <p>Then an error the app handles: a query on a missing table throws InvalidQueryException (CQL
+ * code 0x2200), which is caught, and the session goes on.
+ *
  * <p>Environment: AZURE_COSMOS_CONTACTPOINT, AZURE_COSMOS_PORT (the proxy), AZURE_COSMOS_KEYSPACE
  * (default ks_java), LOCAL_DATACENTER (default datacenter1, as in the seed), CQL_PROTOCOL_VERSION
  * (V4, V5...; unset: negotiate), ROWS (default 10000), FETCH_SIZE (default 500).
  *
  * <p>Prints one line: {@code ok java java-driver-core <version> protocol=v<N> hosts=<N> dc=<dc>
- * rows=<N> pages=<N>}; exits non-zero on any failure.
+ * rows=<N> pages=<N> error=<caught error>}; exits non-zero on any failure.
  */
 public final class CassandraSample {
   private static String env(String name, String dflt) {
@@ -130,6 +134,26 @@ public final class CassandraSample {
         throw new IllegalStateException("count(*) = " + count + ", want " + rows);
       }
 
+      // An error the app expects and handles: the session stays usable afterwards.
+      String caught;
+      try {
+        session.execute(
+            SimpleStatement.newInstance(
+                "SELECT id FROM " + keyspace + ".no_such_table WHERE id = ?", 1));
+        throw new IllegalStateException("a query on a missing table succeeded");
+      } catch (InvalidQueryException e) {
+        caught = "InvalidQueryException";
+      }
+      Row last =
+          session
+              .execute(
+                  SimpleStatement.newInstance(
+                      "SELECT name FROM " + keyspace + ".items WHERE id = ?", rows - 1))
+              .one();
+      if (last == null || !("item " + (rows - 1)).equals(last.getString(0))) {
+        throw new IllegalStateException("row " + (rows - 1) + " after the error: " + last);
+      }
+
       ProtocolVersion pv = session.getContext().getProtocolVersion();
       Collection<Node> nodes = session.getMetadata().getNodes().values();
       TreeSet<String> dcs = new TreeSet<>();
@@ -149,7 +173,9 @@ public final class CassandraSample {
               + " rows="
               + read
               + " pages="
-              + pages);
+              + pages
+              + " error="
+              + caught);
     }
   }
 }

@@ -1,0 +1,122 @@
+//! Local stand-ins for Azure Cosmos DB for Apache Cassandra, for trying entra-db-proxy's CQL
+//! listener and for the client compatibility matrix (`scripts/clients.sh cassandra`): a real
+//! Cassandra 5.0 cluster (1 or 3 nodes, TLS-only native port, `PasswordAuthenticator`) and a fake
+//! Entra ID + ARM whose `listKeys` returns the account key, which is the account role's password.
+//!
+//! `dbproxy-cql-standins --env-file FILE [--nodes 1|3]` writes the variables a proxy needs
+//! (Service Connector's AZURE_COSMOS_* for a service principal, AZURE_AUTHORITY_HOST,
+//! AZURE_POD_IDENTITY_AUTHORITY_HOST, SSL_CERT_FILE) plus STANDINS_* for information, then runs
+//! until SIGINT/SIGTERM and stops the cluster. Needs `eval "$(scripts/install-deps.sh)"`
+//! (EDP_CASSANDRA_LIB, EDP_JAVA). Not for production: the CA, the service principal's secret and
+//! the account key are test values.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use dbproxy_testkit::{
+    azure::{FakeAzure, FakeAzureConfig},
+    cassandra::{CassandraCluster, CassandraOptions},
+    certs::TestCa,
+    util::unique_temp_dir,
+};
+
+/// The Cosmos account name: Cosmos's CQL user name is the account's.
+const ACCOUNT: &str = "compatacct";
+/// What Service Connector puts in AZURE_COSMOS_SCOPE for Cosmos DB for Cassandra (ARM).
+const SCOPE: &str = "https://management.azure.com/.default";
+
+const USAGE: &str = "usage: dbproxy-cql-standins --env-file FILE [--nodes 1|3]";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut env_file, mut nodes) = (None, 1usize);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--env-file" => env_file = args.next().map(PathBuf::from),
+            "--nodes" => nodes = args.next().context(USAGE)?.parse().context("--nodes 1|3")?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other:?}; {USAGE}"),
+        }
+    }
+    let env_file = env_file.context(USAGE)?;
+    let opts = match nodes {
+        1 => CassandraOptions::single(),
+        3 => CassandraOptions::three_nodes(),
+        n => anyhow::bail!("--nodes {n}: 1 or 3"),
+    };
+    // Like Cosmos: the account may do anything on every keyspace (CassandraAuthorizer + GRANT
+    // ALL, so that what drivers see of permissions is not AllowAll's).
+    let opts = CassandraOptions {
+        authorizer: true,
+        ..opts
+    };
+
+    let ca = TestCa::new("entra-db-proxy CQL stand-ins");
+    let dir = unique_temp_dir("cql-standins")?;
+    let ca_file = dir.join("ca.pem");
+    ca.write_ca(&ca_file);
+    eprintln!("starting Cassandra ({nodes} node(s))…");
+    let cluster = CassandraCluster::start(&ca, opts).await?;
+    let azure = FakeAzure::start(&ca, FakeAzureConfig::default()).await?;
+    let key = azure.keys().primary_master_key;
+    cluster.set_role_password(ACCOUNT, &key).await?;
+    let cfg = azure.config();
+
+    let vars = [
+        (
+            "AZURE_COSMOS_CONTACTPOINT",
+            cluster.contact_point().ip().to_string(),
+        ),
+        ("AZURE_COSMOS_PORT", cluster.native_port().to_string()),
+        ("AZURE_COSMOS_USERNAME", ACCOUNT.to_owned()),
+        ("AZURE_COSMOS_LISTKEYURL", azure.list_keys_url(ACCOUNT)),
+        ("AZURE_COSMOS_SCOPE", SCOPE.to_owned()),
+        ("AZURE_COSMOS_CLIENTID", cfg.client_id.clone()),
+        ("AZURE_COSMOS_CLIENTSECRET", cfg.client_secret.clone()),
+        ("AZURE_COSMOS_TENANTID", cfg.tenant_id.clone()),
+        ("AZURE_AUTHORITY_HOST", azure.authority_host()),
+        // No IMDS here: point managed identity at a closed loopback port, never 169.254.169.254.
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "http://127.0.0.1:9".to_owned(),
+        ),
+        ("SSL_CERT_FILE", ca_file.display().to_string()),
+        ("STANDINS_CQL_NODES", nodes.to_string()),
+        (
+            "STANDINS_CQL_NODE_ADDRS",
+            cluster
+                .nodes()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("STANDINS_CQL_ACCOUNT", ACCOUNT.to_owned()),
+    ];
+    let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    let tmp = env_file.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &env_file)?;
+    eprintln!(
+        "stand-ins ready: Cassandra {} node(s) {:?} (TLS, PasswordAuthenticator, role {ACCOUNT}), fake Entra ID + ARM {}; variables in {}",
+        nodes,
+        cluster.nodes(),
+        azure.authority_host(),
+        env_file.display()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping Cassandra…");
+    drop(azure);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
