@@ -15,6 +15,17 @@ workload identity, service principal or Azure CLI), derives the password (the to
 Cosmos DB account key from ARM listKeys), logs in upstream over verified TLS, and relays the \
 session.";
 
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("EDP_GIT_COMMIT"),
+    "\ntarget: ",
+    env!("EDP_TARGET"),
+    "\nprofile: ",
+    env!("EDP_PROFILE"),
+    "\ntls: rustls with aws-lc-rs (no OpenSSL)",
+);
+
 const AFTER: &str = "\
 With no options, the proxy reads the variables that Azure Service Connector sets \
 (AZURE_POSTGRESQL_CONNECTIONSTRING, or AZURE_POSTGRESQL_HOST with _USER/_USERNAME, \
@@ -26,7 +37,7 @@ it also serves Cosmos DB for Apache Cassandra on 127.0.0.1:9042; both sets give 
 
 /// entra-db-proxy's command line.
 #[derive(Debug, Parser)]
-#[command(name = "entra-db-proxy", version, about = ABOUT, after_help = AFTER)]
+#[command(name = "entra-db-proxy", version, long_version = LONG_VERSION, about = ABOUT, after_help = AFTER)]
 pub struct Flags {
     /// TOML configuration file with any number of listeners (see proxy.toml.example).
     #[arg(long, env = "ENTRA_DB_PROXY_CONFIG", value_name = "FILE")]
