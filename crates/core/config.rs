@@ -1098,64 +1098,42 @@ mod tests {
         assert!(matches!(c.listeners[1].credential, CredentialSpec::Default));
     }
 
+    /// The error (with its context chain) of loading `text` as the file `name`.
+    fn file_error(name: &str, text: &str) -> String {
+        let p = write(name, text);
+        let flags = flags(&["--config", p.to_str().unwrap()]);
+        format!(
+            "{:#}",
+            Config::load(&flags, &EnvSnapshot::default()).unwrap_err()
+        )
+    }
+
     #[test]
     fn toml_errors_name_file_and_key() {
-        let p = write(
+        let e = file_error(
             "bad.toml",
             "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nlisten = 5\n",
         );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
-        );
         assert!(e.contains("bad.toml") && e.contains("listen"), "{e}");
 
-        let p = write(
+        let e = file_error(
             "typo.toml",
             "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nlistn = \"x\"\n",
         );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
-        );
         assert!(e.contains("typo.toml") && e.contains("listn"), "{e}");
 
-        let p = write(
+        let e = file_error(
             "addr.toml",
             "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nlisten = \"localhost\"\n",
-        );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
         );
         assert!(
             e.contains("addr.toml") && e.contains("listener[0]") && e.contains("IP:PORT"),
             "{e}"
         );
 
-        let p = write(
+        let e = file_error(
             "proto.toml",
             "[[listener]]\nprotocol = \"mysql\"\nupstream = \"h\"\nuser = \"u\"\n",
-        );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
         );
         assert!(e.contains("proto.toml") && e.contains("postgres"), "{e}");
     }
@@ -1206,33 +1184,17 @@ mod tests {
         assert_eq!(dev.max_protocol_version, 5);
         assert!(matches!(dev.password, CassandraPassword::File(_)));
 
-        let p = write(
+        let e = file_error(
             "cql-bad.toml",
             "[[listener]]\nprotocol = \"cassandra\"\nupstream = \"h\"\nuser = \"u\"\n",
-        );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
         );
         assert!(
             e.contains("cql-bad.toml") && e.contains("list_keys_url"),
             "{e}"
         );
-        let p = write(
+        let e = file_error(
             "pg-cql-key.toml",
             "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\ndata_center = \"x\"\n",
-        );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
         );
         assert!(e.contains("data_center") && e.contains("cassandra"), "{e}");
     }
@@ -1275,19 +1237,10 @@ mod tests {
 
     #[test]
     fn client_secret_comes_from_the_environment() {
-        let p = write(
-            "sp.toml",
-            "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\ncredential = { kind = \"client-secret\", tenant_id = \"t\", client_id = \"c\" }\n",
-        );
-        let e = format!(
-            "{:#}",
-            Config::load(
-                &flags(&["--config", p.to_str().unwrap()]),
-                &EnvSnapshot::default()
-            )
-            .unwrap_err()
-        );
+        let text = "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\ncredential = { kind = \"client-secret\", tenant_id = \"t\", client_id = \"c\" }\n";
+        let e = file_error("sp.toml", text);
         assert!(e.contains("AZURE_CLIENT_SECRET"), "{e}");
+        let p = write("sp.toml", text);
         let env = EnvSnapshot::from_pairs([("AZURE_CLIENT_SECRET", "x")]);
         Config::load(&flags(&["--config", p.to_str().unwrap()]), &env).unwrap();
     }
