@@ -820,10 +820,7 @@ async fn refresher(weak: Weak<Inner>, signal: Arc<Signal>) {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io::Write,
-        sync::atomic::{AtomicUsize, Ordering},
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::{
@@ -1367,27 +1364,9 @@ mod tests {
             .unwrap();
     }
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn no_key_or_token_in_debug_errors_or_logs() {
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (buf, _guard) = crate::testutil::LogCapture::start();
 
         let s = setup(
             vec![
@@ -1427,7 +1406,7 @@ mod tests {
         texts.push(format!("{:?} {:?}", s.src.status(), s.src));
         let all = texts.join("\n");
         drop(_guard);
-        let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).to_string();
+        let logs = buf.text();
         // Every failure was seen, by a caller or by the background refresh (which one depends on
         // timing on a loaded machine), so the leak checks below cover every error path.
         let seen = format!("{all}\n{logs}");

@@ -73,11 +73,6 @@ pub use source::{CredentialOptions, CredentialSpec, TokenSource, UserAssignedId,
 mod leak_tests {
     //! Secrets must not appear in Debug, Display, errors or logs.
 
-    use std::{
-        io::Write,
-        sync::{Arc, Mutex},
-    };
-
     use crate::testutil::{FakeHttp, Reply, opts_with};
     use crate::*;
 
@@ -94,27 +89,9 @@ mod leak_tests {
         }
     }
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn no_secret_in_debug_errors_or_logs() {
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (buf, _guard) = crate::testutil::LogCapture::start();
 
         // Specs and secrets.
         let specs = [
@@ -220,7 +197,7 @@ mod leak_tests {
             "the failing path was exercised: {texts:?}"
         );
         drop(_guard);
-        let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).to_string();
+        let logs = buf.text();
         assert!(logs.contains("access token obtained"), "{logs}");
         assert_clean("logs", &logs);
         let _ = std::fs::remove_dir_all(dir);
