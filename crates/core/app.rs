@@ -52,7 +52,7 @@ impl Prepared {
 
     fn upstream(&self) -> &Upstream {
         match self {
-            Prepared::Postgres(s) => &s.upstream,
+            Prepared::Postgres(s) => &s.upstream.0,
             Prepared::Cassandra(s) => &s.upstream,
         }
     }
@@ -135,7 +135,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
         prepared.push(match (l.protocol, &l.cassandra) {
             (Protocol::Postgres, _) => Prepared::Postgres(Arc::new(PostgresService {
                 name: l.name.clone(),
-                upstream,
+                upstream: dbproxy_runtime::PostgresUpstream(upstream),
                 user: l.user.clone(),
                 default_database: l.database.clone(),
                 credential: password,

@@ -30,6 +30,8 @@
 //! * `handshake.rs` — [`ClientHandshake`]: the proxy as the server, before READY.
 //! * `login.rs` — [`UpstreamLogin`]: the proxy as the client of the upstream.
 //! * `topology.rs` — [`TopologyRewriter`]: system tables and events.
+//! * `schema.rs` — schema agreement after DDL: spotting a SCHEMA_CHANGE result, the
+//!   `schema_version` queries and reading their answers.
 //! * `error.rs` — [`CqlError`], each with the CQL error code to answer the client with.
 //! * `wire.rs` (private) — the spec's primitive notations, bounds-checked.
 //! * `result.rs` (private) — a bounds-checked walk over RESULT Rows / Prepared metadata.

@@ -8,7 +8,8 @@ A proxied connection looks like this on the wire:
 ```text
  client (psql, libpq, JDBC, ...)          proxy                   Azure Database for PostgreSQL
   ── SSLRequest ────────────────────────▶  parse_startup_packet
-  ◀───────────────────────────────── 'N'   SSL_NOT_SUPPORTED
+  ◀──────────────────────────── 'S' / 'N'  SSL_SUPPORTED (local TLS on, the default; the runtime
+                                           then runs the TLS handshake) / SSL_NOT_SUPPORTED
   ── StartupMessage(user=alice) ────────▶  parse_startup_packet
                                            (user := Entra user)
                                            (runtime) ─────────── SSLRequest, 'S', TLS handshake ──▶

@@ -5,12 +5,20 @@
 //! # Layout
 //! - [`listener`]: binds the local address (TCP or a Unix socket) and accepts connections, one
 //!   task per client; [`stream`] is what it hands over; [`local_tls`] the optional client TLS.
-//! - [`postgres`]: the PostgreSQL session, read top to bottom: client startup (SSLRequest /
-//!   GSSENCRequest / CancelRequest / StartupMessage) → credential → upstream TLS → login → relay.
-//! - [`cassandra`]: the CQL session: handshake (OPTIONS/STARTUP) → credential → upstream TLS
-//!   → SASL PLAIN login → frame relay that hides the upstream topology.
-//! - [`upstream`]: TCP connect with a timeout, then TLS with the server name verified.
+//! - [`session`]: what every session shares: [`CloseReason`], [`SessionError`] (what the
+//!   client is told), the closing log line, and the login-with-retry loop; [`login`] drives a
+//!   sans-IO login machine over any stream.
+//! - [`postgres`]: the PostgreSQL session, one file a step: `startup.rs` (SSLRequest /
+//!   GSSENCRequest / CancelRequest / StartupMessage) → `login.rs` (credential, upstream,
+//!   login) → relay; `connect.rs` (SSLRequest then TLS upstream), `cancel.rs`.
+//! - [`cassandra`]: the CQL session: `handshake.rs` (TLS, OPTIONS/STARTUP) → `login.rs`
+//!   (credential, upstream TLS, SASL PLAIN) → `relay.rs` (frames, topology hidden);
+//!   `schema.rs` (schema agreement after DDL).
+//! - [`upstream`]: the [`Connector`] trait (how a session reaches its upstream; tests use
+//!   in-memory streams) and [`Upstream`]: TCP connect with a timeout, TLS with the server name
+//!   verified.
 //! - [`relay`]: once logged in, plain bytes both ways until either side closes.
+//! - [`escape`]: client-controlled text made safe for log lines.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the probe/metrics HTTP server.
 //!
 //! The protocol details (message layouts, the login state machine) are sans-IO and live in the
@@ -20,19 +28,26 @@
 
 pub mod admin;
 pub mod cassandra;
+pub mod escape;
 pub mod listener;
 pub mod local_tls;
+pub mod login;
 pub mod metrics;
 pub mod postgres;
 pub mod relay;
+pub mod session;
 pub mod stream;
 pub mod upstream;
+
+#[cfg(test)]
+mod testutil;
 
 pub use admin::{AdminServer, Health};
 pub use cassandra::CassandraService;
 pub use listener::{ListenAddr, Listener, Shutdown};
 pub use local_tls::{LocalTls, LocalTlsMode};
 pub use metrics::{ListenerMetrics, Metrics};
-pub use postgres::PostgresService;
+pub use postgres::{PostgresService, PostgresUpstream};
+pub use session::{CloseReason, SessionError};
 pub use stream::ClientStream;
-pub use upstream::Upstream;
+pub use upstream::{Connector, Upstream};

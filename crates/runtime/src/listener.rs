@@ -190,7 +190,8 @@ impl<S: Service> Listener<S> {
                 Some(limit) => match limit.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
                     Err(_) => {
-                        self.metrics.handshake_failed("too_many_connections");
+                        self.metrics
+                            .handshake_failed(crate::session::CloseReason::TooManyConnections);
                         tracing::warn!(parent: &span, "connection cap reached; refusing the client");
                         if let Ok(slot) = self.rejections.clone().try_acquire_owned() {
                             let service = self.service.clone();

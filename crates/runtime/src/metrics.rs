@@ -262,12 +262,12 @@ pub struct ListenerMetrics {
 
 impl ListenerMetrics {
     /// Counts a connection that failed before its session started.
-    pub fn handshake_failed(&self, cause: &str) {
+    pub fn handshake_failed(&self, reason: crate::session::CloseReason) {
         self.failures
             .get_or_create(&CauseLabels {
                 listener: self.labels.listener.clone(),
                 protocol: self.labels.protocol.clone(),
-                cause: cause.to_owned(),
+                cause: reason.cause().to_owned(),
             })
             .inc();
     }
@@ -288,7 +288,7 @@ mod tests {
         let l = m.listener("orders", "postgres");
         l.total.inc();
         l.active.inc();
-        l.handshake_failed("credential");
+        l.handshake_failed(crate::session::CloseReason::Credential);
         l.handshake.observe(0.01);
         l.bytes_to_client.inc_by(10);
         let status = Arc::new(|| CacheStatus {

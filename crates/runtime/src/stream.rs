@@ -10,6 +10,7 @@ use std::{
 };
 
 use tokio::{
+    io::DuplexStream,
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpStream, UnixStream},
 };
@@ -23,6 +24,8 @@ pub enum ClientStream {
     Unix(UnixStream),
     /// TLS over one of the others.
     Tls(Box<TlsStream<ClientStream>>),
+    /// An in-memory stream: sessions driven without a socket (unit tests, embedding).
+    Memory(DuplexStream),
 }
 
 impl ClientStream {
@@ -60,6 +63,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Memory(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -74,6 +78,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, data),
             ClientStream::Unix(s) => Pin::new(s).poll_write(cx, data),
+            ClientStream::Memory(s) => Pin::new(s).poll_write(cx, data),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
         }
     }
@@ -82,6 +87,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Memory(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -90,6 +96,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Memory(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }

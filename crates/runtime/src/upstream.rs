@@ -6,12 +6,37 @@
 //! The TLS handshake always verifies the certificate chain against [`dbproxy_tls::Trust`] and the
 //! server name against [`Upstream::server_name`].
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsConnector, client::TlsStream};
+
+/// How a session reaches its upstream: a connected stream, TLS already established.
+///
+/// [`Upstream`] connects over TCP and starts TLS at once (CQL); the PostgreSQL module wraps it
+/// to negotiate TLS first (SSLRequest). Tests implement it over `tokio::io::duplex`, so a
+/// whole session runs without a socket.
+pub trait Connector: std::fmt::Display + Send + Sync + 'static {
+    /// The connected stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens a connection, ready for the protocol's login.
+    fn connect(&self) -> impl Future<Output = Result<Self::Stream, ConnectError>> + Send;
+}
+
+impl Connector for Upstream {
+    type Stream = TlsStream<TcpStream>;
+
+    async fn connect(&self) -> Result<Self::Stream, ConnectError> {
+        let tcp = self.connect_tcp().await?;
+        self.tls(tcp).await
+    }
+}
 
 /// Where a listener's sessions go.
 #[derive(Clone)]
@@ -57,6 +82,16 @@ pub enum ConnectError {
         /// host:port
         target: String,
         /// rustls's reason, e.g. "invalid peer certificate: NotValidForName".
+        reason: String,
+    },
+    /// The server would not start TLS (PostgreSQL answered an SSLRequest with 'N').
+    #[error(
+        "the database server {target} does not accept TLS ({reason}); entra-db-proxy never sends a credential in clear"
+    )]
+    NoTls {
+        /// host:port
+        target: String,
+        /// What it answered.
         reason: String,
     },
 }

@@ -1,0 +1,294 @@
+//! Step 5 of a CQL session: frames both ways, rewritten only where the topology shows.
+//!
+//! Two loops run side by side, one per direction. Each decodes whole frames from what it has
+//! read (the frame header alone, unless the frame concerns the topology), hands them to the
+//! session's [`TopologyRewriter`], and writes what it says to forward. Frames the proxy
+//! answers itself (a `system.peers` query, an ERROR for garbage) go through a small channel to
+//! the upstream→client loop, the only writer of the client socket. A RESULT of kind
+//! SCHEMA_CHANGE is held until the upstream agrees on the schema ([`super::schema`]).
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use dbproxy_cassandra::{
+    BodyCompression, ClientAction, Frame, FrameDecoder, FrameEncoder, TopologyRewriter,
+    UpstreamAction, schema::is_schema_change,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{CassandraService, handshake::addressee};
+use crate::{relay::Transferred, session::CloseReason, upstream::Connector};
+
+/// Bytes read from one side but not yet decoded, and the decoder that splits them.
+pub(crate) struct Inbound {
+    /// Undecoded bytes.
+    pub buf: BytesMut,
+    /// The side's decoder, in the connection's framing.
+    pub decoder: FrameDecoder,
+}
+
+/// The codecs of a logged-in session.
+pub(crate) struct Codecs {
+    /// What the client sends.
+    pub from_client: Inbound,
+    /// How frames are written to the client.
+    pub to_client: FrameEncoder,
+    /// What the upstream sends.
+    pub from_upstream: Inbound,
+    /// How frames are written upstream.
+    pub to_upstream: FrameEncoder,
+}
+
+/// The relay of one session after READY.
+pub(crate) struct Relay<'a, C> {
+    service: &'a CassandraService<C>,
+    rewriter: Mutex<TopologyRewriter>,
+    compression: BodyCompression,
+    /// The version the session speaks; frames of another are refused, as Cassandra does.
+    version: u8,
+    started: Instant,
+    last_activity_ms: AtomicU64,
+    to_upstream: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl<'a, C: Connector> Relay<'a, C> {
+    /// A relay for `service`'s session with the negotiated body `compression`.
+    pub(crate) fn new(
+        service: &'a CassandraService<C>,
+        version: u8,
+        compression: BodyCompression,
+    ) -> Self {
+        Relay {
+            service,
+            rewriter: Mutex::new(TopologyRewriter::with_prepared(
+                service.topology.clone(),
+                service.prepared.clone(),
+            )),
+            compression,
+            version,
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            to_upstream: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes moved so far.
+    pub(crate) fn transferred(&self) -> Transferred {
+        Transferred {
+            to_upstream: self.to_upstream.load(Ordering::Relaxed),
+            to_client: self.to_client.load(Ordering::Relaxed),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs both directions until one ends; returns why.
+    pub(crate) async fn run<L, U>(
+        &self,
+        client: &mut L,
+        upstream: &mut U,
+        codecs: Codecs,
+    ) -> CloseReason
+    where
+        L: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Codecs {
+            from_client,
+            to_client,
+            from_upstream,
+            to_upstream,
+        } = codecs;
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut ur, mut uw) = tokio::io::split(upstream);
+        // Frames the proxy itself answers go to the client writer: local replies, and the ERROR
+        // for garbage from the client, after which the session closes. Small: the client side
+        // waits for the writer rather than queueing replies without bound.
+        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<(Frame, bool)>(4);
+        let metrics = &self.service.metrics;
+
+        let client_to_upstream = async {
+            let Inbound {
+                mut buf,
+                decoder: mut dec,
+            } = from_client;
+            let mut enc = to_upstream;
+            let mut out = BytesMut::new();
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(frame)) if frame.header.version != self.version => {
+                        let message = format!(
+                            "Invalid message version. Got {} but previous messages on this connection had version {}",
+                            frame.header.version, self.version
+                        );
+                        tracing::warn!(error = %message, "garbage from the client; answering with an ERROR and closing");
+                        let error = dbproxy_cassandra::error_frame(
+                            self.version,
+                            frame.header.stream,
+                            dbproxy_cassandra::codes::PROTOCOL_ERROR,
+                            &message,
+                        );
+                        let _ = reply_tx.send((error, true)).await;
+                        return CloseReason::ClientProtocol;
+                    }
+                    Ok(Some(frame)) => {
+                        let action = match self.rewriter.lock() {
+                            Ok(mut r) => r.on_client_frame(&frame, self.compression),
+                            Err(_) => return CloseReason::Internal,
+                        };
+                        match action {
+                            Ok(ClientAction::Forward) => enc.encode(&frame, &mut out),
+                            Ok(ClientAction::Reply(reply)) => {
+                                if reply_tx.send((reply, false)).await.is_err() {
+                                    return CloseReason::ClientClosed;
+                                }
+                            }
+                            Err(e) => {
+                                let error =
+                                    e.to_error_frame(frame.header.version, frame.header.stream);
+                                let _ = reply_tx.send((error, true)).await;
+                                return CloseReason::ClientProtocol;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let (version, stream) = addressee(&buf);
+                        tracing::warn!(error = %e, "garbage from the client; answering with an ERROR and closing");
+                        let _ = reply_tx
+                            .send((e.to_error_frame(version, stream), true))
+                            .await;
+                        return CloseReason::ClientProtocol;
+                    }
+                }
+                if !out.is_empty() {
+                    if uw.write_all(&out).await.is_err() {
+                        return CloseReason::UpstreamClosed;
+                    }
+                    out.clear();
+                }
+                match cr.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = uw.shutdown().await;
+                        return CloseReason::ClientClosed;
+                    }
+                    Ok(n) => {
+                        self.to_upstream.fetch_add(n as u64, Ordering::Relaxed);
+                        metrics.bytes_to_upstream.inc_by(n as u64);
+                        self.touch();
+                    }
+                }
+            }
+        };
+
+        let upstream_to_client = async {
+            let Inbound {
+                mut buf,
+                decoder: mut dec,
+            } = from_upstream;
+            let mut enc = to_client;
+            let mut out = BytesMut::new();
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        let action = match self.rewriter.lock() {
+                            Ok(mut r) => r.on_upstream_frame(frame, self.compression),
+                            Err(_) => return CloseReason::Internal,
+                        };
+                        match action {
+                            Ok(UpstreamAction::Forward(f)) => {
+                                if is_schema_change(&f, self.compression) {
+                                    // The driver cannot see the peers to wait for agreement.
+                                    self.service.wait_schema_agreement().await;
+                                }
+                                enc.encode(&f, &mut out)
+                            }
+                            Ok(UpstreamAction::Drop) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unreadable topology answer from the upstream; closing rather than exposing it");
+                                return CloseReason::UpstreamProtocol;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable frame from the upstream; closing");
+                        return CloseReason::UpstreamProtocol;
+                    }
+                }
+                if !out.is_empty() {
+                    if cw.write_all(&out).await.is_err() {
+                        return CloseReason::ClientClosed;
+                    }
+                    out.clear();
+                }
+                tokio::select! {
+                    r = ur.read_buf(&mut buf) => match r {
+                        Ok(0) | Err(_) => {
+                            let _ = cw.shutdown().await;
+                            return CloseReason::UpstreamClosed;
+                        }
+                        Ok(n) => {
+                            self.to_client.fetch_add(n as u64, Ordering::Relaxed);
+                            metrics.bytes_to_client.inc_by(n as u64);
+                            self.touch();
+                        }
+                    },
+                    reply = reply_rx.recv() => match reply {
+                        Some((frame, close)) => {
+                            enc.encode(&frame, &mut out);
+                            if close {
+                                let _ = cw.write_all(&out).await;
+                                let _ = cw.shutdown().await;
+                                return CloseReason::ClientProtocol;
+                            }
+                        }
+                        None => return CloseReason::ClientClosed,
+                    }
+                }
+            }
+        };
+
+        let idle = async {
+            let Some(limit) = self.service.idle_timeout else {
+                return std::future::pending().await;
+            };
+            loop {
+                let last = self.last_activity_ms.load(Ordering::Relaxed);
+                let deadline = self.started + Duration::from_millis(last) + limit;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline.into()).await;
+            }
+        };
+
+        // The client→upstream side finishing first (client closed) still lets the upstream's
+        // last answers through, up to a short bound.
+        tokio::select! {
+            end = upstream_to_client => end,
+            end = async {
+                let end = client_to_upstream.await;
+                if end == CloseReason::ClientProtocol {
+                    // Wait for the reply to be written by the other side.
+                    std::future::pending::<()>().await;
+                }
+                end
+            } => end,
+            _ = idle => CloseReason::IdleTimeout,
+        }
+    }
+}

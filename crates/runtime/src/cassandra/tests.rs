@@ -1,0 +1,246 @@
+//! Whole CQL sessions in memory: the driver and the upstream are `tokio::io::duplex` pipes, the
+//! upstream a scripted fake Cassandra with PasswordAuthenticator; no socket is opened.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use bytes::{BufMut, BytesMut};
+use dbproxy_cassandra::{
+    Frame, PreparedStatements, SupportedOptions, Topology, codes, error_frame, frame::opcode,
+    messages, schema::query_frame,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::CassandraService;
+use crate::{
+    listener::Service,
+    metrics::ListenerMetrics,
+    stream::ClientStream,
+    testutil::{MemoryUpstream, ScriptedPasswords},
+};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn service(
+    upstream: MemoryUpstream,
+    credential: Arc<ScriptedPasswords>,
+) -> Arc<CassandraService<MemoryUpstream>> {
+    Arc::new(CassandraService {
+        name: "catalog".into(),
+        upstream,
+        username: "catalog".into(),
+        credential,
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: None,
+        metrics: ListenerMetrics::detached("catalog", "cassandra"),
+        max_version: 4,
+        supported: SupportedOptions::default(),
+        topology: Topology {
+            listen: ([127, 0, 0, 1], 9042).into(),
+            host_id: uuid::Uuid::nil(),
+            data_center: None,
+            rack: None,
+        },
+        prepared: PreparedStatements::new(),
+        local_tls: None,
+    })
+}
+
+fn connect(
+    svc: &Arc<CassandraService<MemoryUpstream>>,
+) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    let (app, proxy_side) = tokio::io::duplex(64 * 1024);
+    let task = tokio::spawn(
+        svc.clone()
+            .serve(ClientStream::Memory(proxy_side), "memory".into()),
+    );
+    (app, task)
+}
+
+/// Reads one legacy-framed frame: (stream, opcode, body).
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> (i16, u8, Vec<u8>) {
+    let mut header = [0u8; 9];
+    r.read_exact(&mut header).await.unwrap();
+    let stream = i16::from_be_bytes([header[2], header[3]]);
+    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await.unwrap();
+    (stream, header[4], body)
+}
+
+fn response(stream: i16, op: u8, body: &[u8]) -> BytesMut {
+    Frame::new(4, true, 0, stream, op, body.to_vec()).to_bytes()
+}
+
+fn authenticate() -> BytesMut {
+    let class = b"org.apache.cassandra.auth.PasswordAuthenticator";
+    let mut body = BytesMut::new();
+    body.put_u16(class.len() as u16);
+    body.put_slice(class);
+    response(0, opcode::AUTHENTICATE, &body)
+}
+
+/// The fake upstream's side of a login: STARTUP, AUTHENTICATE, AUTH_RESPONSE; returns the
+/// SASL PLAIN token.
+async fn upstream_login(s: &mut DuplexStream) -> Vec<u8> {
+    let (_, op, _) = read_frame(s).await;
+    assert_eq!(op, opcode::STARTUP);
+    s.write_all(&authenticate()).await.unwrap();
+    let (_, op, body) = read_frame(s).await;
+    assert_eq!(op, opcode::AUTH_RESPONSE);
+    body[4..].to_vec()
+}
+
+fn startup(stream: i16) -> BytesMut {
+    messages::startup_frame(4, stream, &[("CQL_VERSION", "3.0.0")]).to_bytes()
+}
+
+#[tokio::test]
+async fn refused_key_is_replaced_and_the_session_relays() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let credential = ScriptedPasswords::new(&["old-key", "new-key"]);
+    let svc = service(upstream, credential.clone());
+    let server = tokio::spawn(async move {
+        // First connection: the old key is refused (key rotation).
+        let mut s = servers.recv().await.unwrap();
+        assert_eq!(upstream_login(&mut s).await, b"\0catalog\0old-key");
+        let refusal = error_frame(
+            4,
+            0,
+            codes::BAD_CREDENTIALS,
+            "Provided username and/or password are incorrect",
+        );
+        let mut out = BytesMut::new();
+        refusal.encode(&mut out);
+        s.write_all(&out).await.unwrap();
+        drop(s);
+        // Second: the new key is accepted; the driver's pipelined QUERY follows.
+        let mut s = servers.recv().await.unwrap();
+        assert_eq!(upstream_login(&mut s).await, b"\0catalog\0new-key");
+        s.write_all(&response(
+            0,
+            opcode::AUTH_SUCCESS,
+            &[0xff, 0xff, 0xff, 0xff],
+        ))
+        .await
+        .unwrap();
+        let (stream, op, _) = read_frame(&mut s).await;
+        assert_eq!((stream, op), (3, opcode::QUERY));
+        s.write_all(&response(3, opcode::RESULT, &[0, 0, 0, 1]))
+            .await
+            .unwrap();
+        // The driver closes; so does the upstream side.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    });
+
+    let (mut app, session) = connect(&svc);
+    let options = Frame::new(4, false, 0, 1, opcode::OPTIONS, Vec::new()).to_bytes();
+    app.write_all(&options).await.unwrap();
+    let (stream, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op), (1, opcode::SUPPORTED));
+    let mut opening = startup(2);
+    opening.extend_from_slice(&query_frame(4, 3, "SELECT v FROM ks.t").to_bytes());
+    app.write_all(&opening).await.unwrap();
+    let (stream, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op), (2, opcode::READY));
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op, body), (3, opcode::RESULT, vec![0, 0, 0, 1]));
+    drop(app);
+    tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    assert_eq!(credential.rejections.load(Ordering::SeqCst), 1);
+    assert_eq!(connects.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn other_refusals_reach_the_driver_on_its_stream() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let credential = ScriptedPasswords::new(&["key", "other"]);
+    let svc = service(upstream, credential.clone());
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        let (_, op, _) = read_frame(&mut s).await;
+        assert_eq!(op, opcode::STARTUP);
+        let refusal = error_frame(4, 0, codes::PROTOCOL_ERROR, "Unknown compression algorithm");
+        let mut out = BytesMut::new();
+        refusal.encode(&mut out);
+        s.write_all(&out).await.unwrap();
+    });
+    let (mut app, session) = connect(&svc);
+    app.write_all(&startup(7)).await.unwrap();
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op), (7, opcode::ERROR));
+    assert_eq!(body[..4], codes::PROTOCOL_ERROR.to_be_bytes());
+    server.await.unwrap();
+    session.await.unwrap();
+    assert_eq!(credential.rejections.load(Ordering::SeqCst), 0);
+    assert_eq!(connects.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn garbage_after_ready_gets_an_error_and_never_reaches_the_upstream() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let svc = service(upstream, ScriptedPasswords::new(&["key"]));
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        upstream_login(&mut s).await;
+        s.write_all(&response(
+            0,
+            opcode::AUTH_SUCCESS,
+            &[0xff, 0xff, 0xff, 0xff],
+        ))
+        .await
+        .unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        // The garbage did not reach it.
+        assert!(rest.is_empty(), "{rest:?}");
+    });
+    let (mut app, session) = connect(&svc);
+    app.write_all(&startup(0)).await.unwrap();
+    let (_, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(op, opcode::READY);
+    // A frame with version byte 0x42.
+    app.write_all(&[0x42, 0, 0, 9, 7, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let (_, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(op, opcode::ERROR);
+    assert_eq!(body[..4], codes::PROTOCOL_ERROR.to_be_bytes());
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    drop(app);
+    tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn versions_above_the_maximum_are_refused_for_a_downgrade() {
+    let (upstream, _servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let svc = service(upstream, ScriptedPasswords::new(&["key"]));
+    let (mut app, session) = connect(&svc);
+    app.write_all(&messages::startup_frame(5, 0, &[("CQL_VERSION", "3.0.0")]).to_bytes())
+        .await
+        .unwrap();
+    let (_, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(op, opcode::ERROR);
+    assert_eq!(body[..4], codes::PROTOCOL_ERROR.to_be_bytes());
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    assert_eq!(connects.load(Ordering::SeqCst), 0);
+}

@@ -1,0 +1,55 @@
+//! Step 3 of a PostgreSQL session: reaching the server over TLS.
+//!
+//! PostgreSQL negotiates TLS in clear first: the proxy sends an SSLRequest, the server answers
+//! one byte, `'S'` (go ahead) or `'N'`, and only then does the TLS handshake start. A server
+//! that answers `'N'` is refused: the token never travels in clear. Azure Database for
+//! PostgreSQL always answers `'S'`.
+
+use bytes::BytesMut;
+use dbproxy_postgres::messages;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
+
+use crate::upstream::{ConnectError, Connector, Upstream};
+
+/// An [`Upstream`] reached the PostgreSQL way: SSLRequest, then TLS.
+#[derive(Clone, Debug)]
+pub struct PostgresUpstream(pub Upstream);
+
+impl std::fmt::Display for PostgresUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Connector for PostgresUpstream {
+    type Stream = TlsStream<TcpStream>;
+
+    async fn connect(&self) -> Result<Self::Stream, ConnectError> {
+        let mut tcp = self.0.connect_tcp().await?;
+        let mut req = BytesMut::new();
+        messages::ssl_request(&mut req);
+        let mut answer = [0u8; 1];
+        let exchange = async {
+            tcp.write_all(&req).await?;
+            tcp.read_exact(&mut answer).await
+        };
+        tokio::time::timeout(self.0.connect_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            .map_err(|e| ConnectError::Tcp {
+                target: self.0.to_string(),
+                reason: format!("the server closed the connection during TLS negotiation: {e}"),
+            })?;
+        if answer[0] != messages::SSL_SUPPORTED {
+            return Err(ConnectError::NoTls {
+                target: self.0.to_string(),
+                reason: format!("answered {:?} to SSLRequest", answer[0] as char),
+            });
+        }
+        self.0.tls(tcp).await
+    }
+}

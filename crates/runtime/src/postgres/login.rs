@@ -1,0 +1,212 @@
+//! Steps 2–4 of a PostgreSQL session: credential, upstream connection, login.
+//!
+//! Each attempt connects afresh ([`super::connect`]) and runs the sans-IO
+//! [`UpstreamLogin`] over it ([`crate::login::drive`]), all under the handshake timeout. When
+//! the server refuses the token (28P01, or 28000), the credential is told and the login is tried
+//! once more with a fresh token ([`crate::session::login_with_retry`]); any other refusal goes to
+//! the client verbatim. From AuthenticationOk on, what the server sent goes to the client, which
+//! sees a normal connection start.
+
+use bytes::BytesMut;
+use dbproxy_postgres::{
+    login::{LoginError, LoginStep, UpstreamLogin},
+    sqlstate,
+    startup::StartupMessage,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::{HINT_CREDENTIAL, HINT_TLS, HINT_UPSTREAM, PostgresService, fatal};
+use crate::{
+    login::{DriveError, LoginMachine, Progress, drive},
+    session::{self, Attempt, CloseReason, Refusal, SessionError},
+    stream::ClientStream,
+    upstream::{ConnectError, Connector},
+};
+
+/// How a PostgreSQL login ends.
+pub enum LoginEnd {
+    /// AuthenticationOk: these bytes (from it on) belong to the client.
+    Authenticated(BytesMut),
+    /// An ErrorResponse.
+    Rejected {
+        /// The server's messages, for the client verbatim.
+        to_client: BytesMut,
+        /// SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl LoginMachine for UpstreamLogin {
+    type Done = LoginEnd;
+    type Error = LoginError;
+
+    fn start(&mut self) -> BytesMut {
+        UpstreamLogin::start(self)
+    }
+
+    fn receive(&mut self, buf: &mut BytesMut) -> Result<Progress<LoginEnd>, LoginError> {
+        Ok(match UpstreamLogin::receive(self, buf)? {
+            LoginStep::NeedMore => Progress::NeedMore,
+            LoginStep::Send(bytes) => Progress::Send(bytes),
+            LoginStep::Authenticated { to_client } => {
+                Progress::Done(LoginEnd::Authenticated(to_client))
+            }
+            LoginStep::Rejected {
+                to_client,
+                code,
+                message,
+            } => Progress::Done(LoginEnd::Rejected {
+                to_client,
+                code,
+                message,
+            }),
+        })
+    }
+}
+
+impl<C: Connector> PostgresService<C> {
+    /// Logs in upstream for `client` (replacing a refused token once) and writes the server's
+    /// AuthenticationOk and what follows to the client. Returns the logged-in upstream.
+    pub(crate) async fn login(
+        &self,
+        client: &mut ClientStream,
+        startup: StartupMessage,
+    ) -> Result<C::Stream, SessionError> {
+        let no_password = |e: String| {
+            fatal(
+                CloseReason::Credential,
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!(
+                    "entra-db-proxy could not obtain an Entra ID token for listener \"{}\": {e}",
+                    self.name
+                ),
+                Some(HINT_CREDENTIAL),
+            )
+        };
+        let (upstream, to_client) =
+            session::login_with_retry(self.credential.as_ref(), 2, no_password, |password| {
+                self.attempt(startup.clone(), password.expose().as_bytes().to_vec())
+            })
+            .await?;
+        client.write_all(&to_client).await.map_err(|e| {
+            SessionError::silent(CloseReason::ClientIo, format!("client went away: {e}"))
+        })?;
+        Ok(upstream)
+    }
+
+    /// One login attempt over a new connection, under the handshake timeout.
+    pub(crate) async fn attempt(
+        &self,
+        startup: StartupMessage,
+        password: Vec<u8>,
+    ) -> Result<Attempt<(C::Stream, BytesMut)>, SessionError> {
+        let attempt = async {
+            let mut upstream = self.connect_upstream().await?;
+            let mut login = UpstreamLogin::new(startup, password);
+            let mut buf = BytesMut::with_capacity(8192);
+            let end = drive(&mut login, &mut upstream, &mut buf)
+                .await
+                .map_err(|e| self.login_failed(e))?;
+            Ok(match end {
+                LoginEnd::Authenticated(to_client) => Attempt::LoggedIn((upstream, to_client)),
+                LoginEnd::Rejected {
+                    to_client,
+                    code,
+                    message,
+                } => Attempt::Refused(Refusal {
+                    credential: code == sqlstate::INVALID_PASSWORD
+                        || code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    summary: format!("{code} {message}"),
+                    reply: to_client,
+                }),
+            })
+        };
+        tokio::time::timeout(self.handshake_timeout, attempt)
+            .await
+            .map_err(|_| {
+                fatal(
+                    CloseReason::UpstreamTimeout,
+                    sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                    format!(
+                        "the database server {} did not complete the login within {} s",
+                        self.upstream,
+                        self.handshake_timeout.as_secs()
+                    ),
+                    Some(HINT_UPSTREAM),
+                )
+            })?
+    }
+
+    /// Connects (TCP, SSLRequest, TLS), observing the connect latency.
+    pub(crate) async fn connect_upstream(&self) -> Result<C::Stream, SessionError> {
+        let started = std::time::Instant::now();
+        let stream = self.upstream.connect().await.map_err(|e| {
+            let (reason, hint) = match e {
+                ConnectError::Tcp { .. } => (CloseReason::UpstreamConnect, HINT_UPSTREAM),
+                ConnectError::NoTls { .. } => (CloseReason::UpstreamTls, HINT_UPSTREAM),
+                ConnectError::Tls { .. } => (CloseReason::UpstreamTls, HINT_TLS),
+            };
+            fatal(
+                reason,
+                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                format!("entra-db-proxy: {e}"),
+                Some(hint),
+            )
+        })?;
+        self.metrics
+            .connect
+            .observe(started.elapsed().as_secs_f64());
+        Ok(stream)
+    }
+
+    fn login_failed(&self, e: DriveError<LoginError>) -> SessionError {
+        let (reason, message) = match e {
+            DriveError::Io(e) => (
+                CloseReason::UpstreamIo,
+                format!(
+                    "the database server {} failed during login: {e}",
+                    self.upstream
+                ),
+            ),
+            DriveError::Protocol(e) => (
+                CloseReason::UpstreamProtocol,
+                format!("login to the database server {} failed: {e}", self.upstream),
+            ),
+        };
+        fatal(
+            reason,
+            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            message,
+            Some(HINT_UPSTREAM),
+        )
+    }
+
+    /// `entra-db-proxy check`: acquires the credential and performs a full upstream login as
+    /// a client would trigger it, then terminates the session. Returns what was verified.
+    pub async fn check(&self) -> Result<String, String> {
+        let password = self
+            .credential
+            .password()
+            .await
+            .map_err(|e| format!("credential: {e}"))?;
+        let mut startup = StartupMessage::new(dbproxy_postgres::ProtocolVersion::V3_0);
+        startup.set("application_name", "entra-db-proxy check");
+        let startup = self.upstream_startup(startup);
+        let database = startup.get("database").unwrap_or(&self.user).to_owned();
+        match self
+            .attempt(startup, password.expose().as_bytes().to_vec())
+            .await
+        {
+            Ok(Attempt::LoggedIn((mut upstream, _))) => {
+                // Terminate ('X'), then close.
+                let _ = upstream.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = upstream.shutdown().await;
+                Ok(format!("logged in as {} to database {database}", self.user))
+            }
+            Ok(Attempt::Refused(r)) => Err(format!("the server refused the login: {}", r.summary)),
+            Err(e) => Err(e.message),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Step 1 of a PostgreSQL session: the client's opening packets.
+//!
+//! ```text
+//! client                                   proxy
+//! SSLRequest ───────────────────────────▶  'S' + TLS handshake (local TLS on) or 'N'
+//! GSSENCRequest ────────────────────────▶  'N'
+//! StartupMessage (user, database, …) ───▶  kept; bytes after it are kept too
+//!   or CancelRequest ───────────────────▶  forwarded upstream (see `cancel`)
+//! ```
+//!
+//! The packets are parsed by [`dbproxy_postgres::startup::parse_startup_packet`], which
+//! bounds every length before buffering. The whole opening, TLS handshake included, runs under
+//! one deadline: the listener's handshake timeout.
+
+use bytes::BytesMut;
+use dbproxy_postgres::{
+    messages, sqlstate,
+    startup::{StartupMessage, StartupPacket, parse_startup_packet},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::timeout_at,
+};
+
+use super::{PostgresService, fatal};
+use crate::{
+    local_tls::LocalTlsMode,
+    session::{CloseReason, SessionError},
+    stream::ClientStream,
+    upstream::Connector,
+};
+
+/// What the client asked for at connection start.
+pub(crate) enum ClientStart {
+    /// A StartupMessage, and whatever the client sent after it.
+    Startup {
+        /// The StartupMessage.
+        message: StartupMessage,
+        /// Bytes that followed it (a pipelined query), forwarded once the session is ready.
+        pipelined: BytesMut,
+    },
+    /// A CancelRequest, re-encoded for forwarding.
+    Cancel(BytesMut),
+}
+
+/// One packet read by [`read_client_startup`].
+enum Opening {
+    Start(ClientStart),
+    /// An SSLRequest the listener can accept (the caller answers 'S' and runs TLS).
+    TlsRequested,
+}
+
+/// The client and what it has sent, or why it failed (with the stream, if it survived).
+pub(crate) type Opened = Result<(ClientStream, ClientStart), (Option<ClientStream>, SessionError)>;
+
+impl<C: Connector> PostgresService<C> {
+    /// Reads the client's opening packets, upgrading the connection to TLS when the client
+    /// asks and the listener offers it.
+    pub(crate) async fn open(&self, mut client: ClientStream) -> Opened {
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let timed_out = || {
+            SessionError::silent(
+                CloseReason::ClientTimeout,
+                "client sent no startup message in time",
+            )
+        };
+        loop {
+            let offer = self.local_tls.is_some() && !client.is_tls();
+            let opening = match timeout_at(deadline, read_client_startup(&mut client, offer)).await
+            {
+                Ok(Ok(opening)) => opening,
+                Ok(Err(e)) => return Err((Some(client), e)),
+                Err(_) => return Err((Some(client), timed_out())),
+            };
+            let start = match (opening, &self.local_tls) {
+                (Opening::TlsRequested, Some(tls)) => {
+                    if client.write_all(&[messages::SSL_SUPPORTED]).await.is_err() {
+                        let e = SessionError::silent(CloseReason::ClientGone, "client went away");
+                        return Err((None, e));
+                    }
+                    match timeout_at(deadline, client.accept_tls(&tls.acceptor)).await {
+                        Ok(Ok(upgraded)) => client = upgraded,
+                        Ok(Err(e)) => {
+                            let e = SessionError::silent(
+                                CloseReason::ClientTls,
+                                format!("TLS handshake with the client failed: {e}"),
+                            );
+                            return Err((None, e));
+                        }
+                        Err(_) => return Err((None, timed_out())),
+                    }
+                    continue;
+                }
+                (Opening::TlsRequested, None) => {
+                    // read_client_startup only asks when the listener offers TLS.
+                    let e = SessionError::silent(CloseReason::Internal, "TLS requested twice");
+                    return Err((Some(client), e));
+                }
+                (Opening::Start(start), _) => start,
+            };
+            if let (ClientStart::Startup { .. }, Some(tls)) = (&start, &self.local_tls)
+                && tls.mode == LocalTlsMode::Require
+                && !client.is_tls()
+            {
+                let e = fatal(
+                    CloseReason::ClientTls,
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    format!(
+                        "listener \"{}\" requires TLS between the client and the proxy",
+                        self.name
+                    ),
+                    Some("Connect with sslmode=require (or verify-full with the proxy's CA)."),
+                );
+                return Err((Some(client), e));
+            }
+            return Ok((client, start));
+        }
+    }
+
+    /// The StartupMessage sent upstream: the client's, with `user` replaced by the Entra user
+    /// and `database` defaulted.
+    ///
+    /// libpq, pgjdbc and node-postgres send the user name as the database when the application
+    /// names none; since the proxy replaces the user, such a database name is treated as "none"
+    /// when a default database is configured.
+    pub(crate) fn upstream_startup(&self, mut startup: StartupMessage) -> StartupMessage {
+        let client_user = startup.get("user").map(str::to_owned);
+        startup.set("user", self.user.as_str());
+        let database = startup.get("database").filter(|d| !d.is_empty());
+        let named = match (database, &client_user) {
+            (None, _) => false,
+            (Some(db), Some(user)) if db == user && self.default_database.is_some() => false,
+            (Some(_), _) => true,
+        };
+        if !named {
+            match &self.default_database {
+                Some(db) => {
+                    startup.set("database", db.as_str());
+                }
+                None => {
+                    startup.remove("database");
+                }
+            }
+        }
+        startup
+    }
+}
+
+/// Reads the client's opening packets, declining GSS encryption, and TLS unless `offer_tls`.
+async fn read_client_startup<S>(client: &mut S, offer_tls: bool) -> Result<Opening, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    // SSLRequest and GSSENCRequest may each come once before the StartupMessage.
+    let mut negotiations = 0;
+    loop {
+        let packet = match parse_startup_packet(&mut buf) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let n = client.read_buf(&mut buf).await.map_err(|e| {
+                    SessionError::silent(CloseReason::ClientIo, format!("reading startup: {e}"))
+                })?;
+                if n == 0 {
+                    return Err(SessionError::silent(
+                        CloseReason::ClientGone,
+                        "client closed before its startup message",
+                    ));
+                }
+                continue;
+            }
+            Err(e) => {
+                return Err(fatal(
+                    CloseReason::ClientProtocol,
+                    e.code(),
+                    e.to_string(),
+                    None,
+                ));
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                negotiations += 1;
+                // As PostgreSQL: bytes behind an encryption request, before the answer, would
+                // be taken as if they had come over the encrypted channel (CVE-2021-23214).
+                if negotiations > 2 || !buf.is_empty() {
+                    return Err(fatal(
+                        CloseReason::ClientProtocol,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "unexpected encryption negotiation".into(),
+                        None,
+                    ));
+                }
+                if offer_tls && packet == StartupPacket::SslRequest {
+                    return Ok(Opening::TlsRequested);
+                }
+                client
+                    .write_all(&[messages::SSL_NOT_SUPPORTED])
+                    .await
+                    .map_err(|e| SessionError::silent(CloseReason::ClientIo, e.to_string()))?;
+            }
+            StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            } => {
+                let mut out = BytesMut::new();
+                messages::cancel_request(process_id, &secret_key, &mut out);
+                return Ok(Opening::Start(ClientStart::Cancel(out)));
+            }
+            StartupPacket::Startup(message) => {
+                return Ok(Opening::Start(ClientStart::Startup {
+                    message,
+                    pipelined: buf,
+                }));
+            }
+        }
+    }
+}
