@@ -1,7 +1,7 @@
 //! Managed identity: a token for the identity Azure attached to this VM, VMSS, AKS node,
 //! App Service, Container App or Function.
 //!
-//! # Endpoint selection (from the [`Env`](crate::Env) snapshot)
+//! # Endpoint selection (from the [`Env`] snapshot)
 //! * `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` → App Service / Container Apps / Functions:
 //!   `GET {IDENTITY_ENDPOINT}?resource=<scope without /.default>&api-version=2019-08-01`
 //!   with header `X-IDENTITY-HEADER: {IDENTITY_HEADER}`; user-assigned selectors

@@ -362,7 +362,8 @@ impl<A: Acquire> Refreshed<A> {
         f(&mut self.shared.state.lock().held)
     }
 
-    /// Makes the refresher look at what is held again (e.g. after it was dropped).
+    /// Makes the refresher look at what is held again (e.g. after the caller dropped the
+    /// cached value).
     pub(crate) fn wake(&self) {
         self.signal.wake.notify_one();
     }
@@ -418,7 +419,65 @@ async fn refresher<A: Acquire>(weak: Weak<Shared<A>>, signal: Arc<Signal>) {
 
 #[cfg(test)]
 mod tests {
+    //! The generic parts not already covered through `TokenCache` and `CosmosKeySource`.
+
+    use std::sync::atomic::AtomicU32;
+
     use super::*;
+
+    /// Acquires 0, 1, 2, … (100 ms each) and holds the last one.
+    #[derive(Default)]
+    struct Counter {
+        calls: AtomicU32,
+    }
+
+    impl Acquire for Counter {
+        type Fetched = u32;
+        type Answer = u32;
+        type Held = Option<u32>;
+
+        fn describe(&self) -> String {
+            "counter".into()
+        }
+
+        async fn acquire(&self, _held: &Guarded<Self>) -> Result<u32, CredentialError> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(self.calls.fetch_add(1, Ordering::SeqCst))
+        }
+
+        fn cached(&self, held: &Option<u32>, _now: Instant) -> Option<u32> {
+            *held
+        }
+
+        fn store(&self, held: &mut Option<u32>, n: u32, _now: Instant) -> u32 {
+            *held = Some(n);
+            n
+        }
+
+        fn log_failure(&self, _: &Option<u32>, _: &CredentialError, _: u32, _: Duration) {}
+
+        fn refresh_at(&self, held: &Option<u32>, _policy: &RefreshPolicy) -> Option<Instant> {
+            held.map(|_| Instant::now() + Duration::from_secs(3600))
+        }
+
+        fn expires_on(&self, _held: &Option<u32>) -> Option<SystemTime> {
+            None
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetch_bypasses_what_is_held_and_shares_the_flight() {
+        let r = Refreshed::new(Counter::default(), RefreshPolicy::default(), "count");
+        assert_eq!(r.get().await.unwrap(), 0);
+        assert_eq!(r.get().await.unwrap(), 0, "answered from what is held");
+        let (a, b, c) = tokio::join!(r.fetch(), r.fetch(), r.get());
+        assert_eq!((a.unwrap(), b.unwrap(), c.unwrap()), (1, 1, 0));
+        assert_eq!(r.with_held(|h| *h), Some(1));
+        assert_eq!(r.acquirer().calls.load(Ordering::SeqCst), 2);
+        let s = r.status();
+        assert_eq!((s.refreshes_ok, s.refreshes_failed), (2, 0));
+        assert!(s.last_success.is_some() && s.expires_on.is_none());
+    }
 
     #[test]
     fn backoff_bounds() {
