@@ -1,4 +1,4 @@
-//! Shared pieces of the token endpoints' wire formats.
+//! Shared pieces of the HTTP wire formats (token endpoints, and ARM for Cosmos DB keys).
 //!
 //! * Scopes: Entra v2 takes `scope=https://…/.default`; the managed identity endpoints take
 //!   `resource=https://…` (the scope without `/.default`).
@@ -8,8 +8,8 @@
 //! * Error bodies: OAuth `{"error","error_description"}` (Entra, IMDS) or App Service's
 //!   `{"statusCode","message"}`. Only the code and the first line of the description are
 //!   kept; the body itself is never put into an error.
-//! * `Retry-After` on 429/503 answers: delay-seconds only (the HTTP-date form is not used by
-//!   these endpoints and is ignored).
+//! * `Retry-After` (managed identity retries, ARM `listKeys` throttling): delay-seconds only;
+//!   an HTTP-date is ignored, and the caller then falls back to its own backoff.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
