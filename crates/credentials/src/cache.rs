@@ -1,17 +1,17 @@
 //! The token cache: one scope, one source, refreshed ahead of expiry.
 //!
+//! [`TokenCache`] is the [`Refreshed`] single-flight refresher (see `refresh`) applied to
+//! access tokens; this module says what is cached and when it is due:
+//!
 //! * [`TokenCache::get`] returns the cached token while it has more than
 //!   [`EXPIRY_MARGIN`] (10 s) left, without waiting for anything. Otherwise it joins the
-//!   acquisition in progress or starts one: concurrent callers share a single request
-//!   (single-flight). The acquisition runs in its own task, so a caller that gives up does
-//!   not cancel it for the others, and is bounded by [`RefreshPolicy::timeout`].
-//!   Right after a failure (within [`RefreshPolicy::min_backoff`]) `get` returns that
-//!   failure again instead of hammering the identity provider.
+//!   acquisition in progress or starts one (single-flight, in its own task, bounded by
+//!   [`RefreshPolicy::timeout`]); right after a failure (within
+//!   [`RefreshPolicy::min_backoff`]) it returns that failure again.
 //! * [`TokenCache::spawn_refresher`] starts a task that fetches a new token
 //!   `refresh_before` (5 min by default, at most half the token's lifetime) before expiry,
-//!   and after a failure retries with exponential backoff (`min_backoff` doubling up to
-//!   `max_backoff`, each delay drawn uniformly from its upper half: jitter). The task ends
-//!   when the cache is dropped.
+//!   and after a failure retries with exponential backoff and jitter (`min_backoff` doubling
+//!   up to `max_backoff`). The task ends when the cache is dropped.
 //! * [`TokenCache::invalidate`] drops a token the database rejected (if it is still the
 //!   cached one) so the next `get` fetches a new one, and wakes the refresher. Token sources
 //!   of this crate keep no cache of their own, so the rejected token cannot come back from an
@@ -21,68 +21,21 @@
 //! arrives), so wall-clock jumps do not matter and tests can use `tokio::time::pause`.
 
 use std::{
-    sync::{
-        Arc, Mutex, MutexGuard, Weak,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use rand::Rng;
-use tokio::{
-    sync::{Notify, watch},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use crate::{
     error::CredentialError,
+    refresh::{Acquire, CacheStatus, Guarded, RefreshPolicy, Refreshed},
     secret::{AccessToken, Secret},
     source::TokenSource,
 };
 
 /// A token with less than this left counts as expired for [`TokenCache::get`].
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
-
-/// When and how the cache refreshes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefreshPolicy {
-    /// Refresh this long before expiry (but at most half the token lifetime). Default 5 min.
-    pub refresh_before: Duration,
-    /// First retry delay after a failure. Default 1 s.
-    pub min_backoff: Duration,
-    /// Longest retry delay. Default 60 s.
-    pub max_backoff: Duration,
-    /// Limit for one acquisition. Default 30 s.
-    pub timeout: Duration,
-}
-
-impl Default for RefreshPolicy {
-    fn default() -> Self {
-        RefreshPolicy {
-            refresh_before: Duration::from_secs(300),
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A snapshot of the cache's health.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CacheStatus {
-    /// Expiry of the cached token, if there is one.
-    pub expires_on: Option<SystemTime>,
-    /// When a token was last obtained.
-    pub last_success: Option<SystemTime>,
-    /// The error of the last acquisition, if it failed (cleared by a success).
-    pub last_error: Option<String>,
-    /// Successful acquisitions.
-    pub refreshes_ok: u64,
-    /// Failed acquisitions.
-    pub refreshes_failed: u64,
-}
-
-type Outcome = Option<Result<AccessToken, CredentialError>>;
 
 struct Cached {
     token: AccessToken,
@@ -105,181 +58,105 @@ impl Cached {
     }
 }
 
+/// What the cache keeps.
 #[derive(Default)]
-struct State {
+struct Held {
     cached: Option<Cached>,
-    inflight: Option<watch::Receiver<Outcome>>,
-    last_success: Option<SystemTime>,
-    last_error: Option<CredentialError>,
-    last_failure_at: Option<Instant>,
-    /// When the refresher retries after a failure.
-    retry_at: Option<Instant>,
-    consecutive_failures: u32,
-    refreshes_ok: u64,
-    refreshes_failed: u64,
     /// The token the database rejected last (to notice if the source hands it back).
     rejected: Option<Secret>,
 }
 
-struct Inner {
+/// Tokens for one scope from one source.
+struct Tokens {
     source: Arc<dyn TokenSource>,
     scope: String,
-    policy: RefreshPolicy,
-    state: Mutex<State>,
 }
 
-/// Shared between the cache and its refresher, outliving both.
-struct Signal {
-    wake: Notify,
-    closed: AtomicBool,
-}
-
-/// A cached, refreshed access token for one scope.
-pub struct TokenCache {
-    inner: Arc<Inner>,
-    signal: Arc<Signal>,
-}
-
-impl std::fmt::Debug for TokenCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache")
-            .field("source", &self.inner.source.describe())
-            .field("scope", &self.inner.scope)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for TokenCache {
-    fn drop(&mut self) {
-        self.signal.closed.store(true, Ordering::SeqCst);
-        self.signal.wake.notify_one();
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent data behind: keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+impl Acquire for Tokens {
+    type Fetched = AccessToken;
+    type Answer = AccessToken;
+    type Held = Held;
 
     fn describe(&self) -> String {
         self.source.describe()
     }
 
-    /// The acquisition in progress, or a new one.
-    fn flight(self: &Arc<Self>, st: &mut State) -> watch::Receiver<Outcome> {
-        if let Some(rx) = &st.inflight {
-            // A dropped sender means the task died without an answer: start over.
-            if rx.has_changed().is_ok() {
-                return rx.clone();
-            }
+    async fn acquire(&self, _held: &Guarded<Self>) -> Result<AccessToken, CredentialError> {
+        self.source.get_token(&self.scope).await
+    }
+
+    fn cached(&self, held: &Held, now: Instant) -> Option<AccessToken> {
+        held.cached
+            .as_ref()
+            .filter(|c| c.usable(now))
+            .map(|c| c.token.clone())
+    }
+
+    fn store(&self, held: &mut Held, token: AccessToken, now: Instant) -> AccessToken {
+        let left = token
+            .expires_on
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if held.rejected.as_ref() == Some(&token.token) {
+            tracing::warn!(
+                source = %self.describe(),
+                scope = %self.scope,
+                "the credential source returned the token the database just rejected (IMDS caches tokens server-side); check the database user and the token's audience"
+            );
         }
-        let (tx, rx) = watch::channel(None);
-        st.inflight = Some(rx.clone());
-        let inner = self.clone();
-        tokio::spawn(async move {
-            let result = inner.acquire().await;
-            {
-                let mut st = inner.lock();
-                inner.record(&mut st, &result);
-                st.inflight = None;
-            }
-            let _ = tx.send(Some(result));
+        held.rejected = None;
+        held.cached = Some(Cached {
+            token: token.clone(),
+            obtained: now,
+            valid_until: now + left,
         });
-        rx
+        tracing::info!(
+            source = %self.describe(),
+            scope = %self.scope,
+            expires_in_secs = left.as_secs(),
+            "access token obtained"
+        );
+        token
     }
 
-    async fn acquire(&self) -> Result<AccessToken, CredentialError> {
-        match tokio::time::timeout(self.policy.timeout, self.source.get_token(&self.scope)).await {
-            Ok(r) => r,
-            Err(_) => Err(CredentialError::Timeout {
-                who: self.describe(),
-                after: self.policy.timeout,
-            }),
-        }
+    fn log_failure(
+        &self,
+        _held: &Held,
+        error: &CredentialError,
+        failures: u32,
+        retry_in: Duration,
+    ) {
+        tracing::warn!(
+            source = %self.describe(),
+            scope = %self.scope,
+            error = %error,
+            failures,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "access token acquisition failed"
+        );
     }
 
-    fn record(&self, st: &mut State, result: &Result<AccessToken, CredentialError>) {
-        let now = Instant::now();
-        match result {
-            Ok(token) => {
-                let left = token
-                    .expires_on
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                if st.rejected.as_ref() == Some(&token.token) {
-                    tracing::warn!(
-                        source = %self.describe(),
-                        scope = %self.scope,
-                        "the credential source returned the token the database just rejected (IMDS caches tokens server-side); check the database user and the token's audience"
-                    );
-                }
-                st.rejected = None;
-                st.cached = Some(Cached {
-                    token: token.clone(),
-                    obtained: now,
-                    valid_until: now + left,
-                });
-                st.last_success = Some(SystemTime::now());
-                st.last_error = None;
-                st.retry_at = None;
-                st.consecutive_failures = 0;
-                st.refreshes_ok += 1;
-                tracing::info!(
-                    source = %self.describe(),
-                    scope = %self.scope,
-                    expires_in_secs = left.as_secs(),
-                    "access token obtained"
-                );
-            }
-            Err(e) => {
-                st.refreshes_failed += 1;
-                st.consecutive_failures = st.consecutive_failures.saturating_add(1);
-                st.last_error = Some(e.clone());
-                st.last_failure_at = Some(now);
-                let delay = backoff(&self.policy, st.consecutive_failures);
-                st.retry_at = Some(now + delay);
-                tracing::warn!(
-                    source = %self.describe(),
-                    scope = %self.scope,
-                    error = %e,
-                    failures = st.consecutive_failures,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "access token acquisition failed"
-                );
-            }
-        }
+    fn refresh_at(&self, held: &Held, policy: &RefreshPolicy) -> Option<Instant> {
+        held.cached.as_ref().map(|c| c.refresh_at(policy))
+    }
+
+    fn expires_on(&self, held: &Held) -> Option<SystemTime> {
+        held.cached.as_ref().map(|c| c.token.expires_on)
     }
 }
 
-/// Delay before retry number `failures` (≥ 1): `min_backoff · 2^(failures-1)` capped at
-/// `max_backoff`, drawn uniformly from the upper half of that.
-pub(crate) fn backoff(policy: &RefreshPolicy, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    let base = policy
-        .min_backoff
-        .saturating_mul(1u32 << exp)
-        .min(policy.max_backoff.max(policy.min_backoff));
-    let half = base / 2;
-    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter)
+/// A cached, refreshed access token for one scope.
+pub struct TokenCache {
+    tokens: Refreshed<Tokens>,
 }
 
-async fn wait(
-    rx: &mut watch::Receiver<Outcome>,
-    who: String,
-) -> Result<AccessToken, CredentialError> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone().unwrap_or_else(|| {
-            Err(CredentialError::unavailable(
-                who,
-                "the token acquisition ended without an answer",
-            ))
-        }),
-        Err(_) => Err(CredentialError::unavailable(
-            who,
-            "the token acquisition was interrupted",
-        )),
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.tokens.acquirer();
+        f.debug_struct("TokenCache")
+            .field("source", &t.source.describe())
+            .field("scope", &t.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -292,159 +169,68 @@ impl TokenCache {
         policy: RefreshPolicy,
     ) -> Arc<TokenCache> {
         Arc::new(TokenCache {
-            inner: Arc::new(Inner {
-                source,
-                scope,
-                policy,
-                state: Mutex::new(State::default()),
-            }),
-            signal: Arc::new(Signal {
-                wake: Notify::new(),
-                closed: AtomicBool::new(false),
-            }),
+            tokens: Refreshed::new(Tokens { source, scope }, policy, "token acquisition"),
         })
     }
 
     /// Starts the background refresher: it fetches a token right away, then again ahead of
     /// each expiry, retrying with backoff after failures. It stops when the cache is dropped.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(&self.inner);
-        let signal = self.signal.clone();
-        tokio::spawn(refresher(weak, signal))
+        self.tokens.spawn_refresher()
     }
 
     /// The cached token if it is still valid (no waiting), else the result of a (shared)
     /// acquisition.
     pub async fn get(&self) -> Result<AccessToken, CredentialError> {
-        let mut rx = {
-            let mut st = self.inner.lock();
-            let now = Instant::now();
-            if let Some(c) = &st.cached {
-                if c.usable(now) {
-                    return Ok(c.token.clone());
-                }
-            }
-            let live_flight = st
-                .inflight
-                .as_ref()
-                .is_some_and(|rx| rx.has_changed().is_ok());
-            if !live_flight {
-                if let (Some(at), Some(err)) = (st.last_failure_at, &st.last_error) {
-                    if now < at + self.inner.policy.min_backoff {
-                        return Err(err.clone());
-                    }
-                }
-            }
-            self.inner.flight(&mut st)
-        };
-        wait(&mut rx, self.inner.describe()).await
+        self.tokens.get().await
     }
 
     /// The database rejected `rejected`: forget it if it is still the cached token.
     pub fn invalidate(&self, rejected: &Secret) {
-        let mut st = self.inner.lock();
-        let is_current = st
-            .cached
-            .as_ref()
-            .is_some_and(|c| &c.token.token == rejected);
-        if is_current {
-            st.cached = None;
-            st.rejected = Some(rejected.clone());
-            drop(st);
+        let dropped = self.tokens.with_held(|held| {
+            let is_current = held
+                .cached
+                .as_ref()
+                .is_some_and(|c| &c.token.token == rejected);
+            if is_current {
+                held.cached = None;
+                held.rejected = Some(rejected.clone());
+            }
+            is_current
+        });
+        if dropped {
             tracing::info!(
-                source = %self.inner.describe(),
-                scope = %self.inner.scope,
+                source = %self.tokens.acquirer().describe(),
+                scope = %self.scope(),
                 "the database rejected the cached access token; fetching a new one"
             );
-            self.signal.wake.notify_one();
+            self.tokens.wake();
         }
     }
 
     /// Health and counters.
     pub fn status(&self) -> CacheStatus {
-        let st = self.inner.lock();
-        CacheStatus {
-            expires_on: st.cached.as_ref().map(|c| c.token.expires_on),
-            last_success: st.last_success,
-            last_error: st.last_error.as_ref().map(|e| e.to_string()),
-            refreshes_ok: st.refreshes_ok,
-            refreshes_failed: st.refreshes_failed,
-        }
+        self.tokens.status()
     }
 
     /// The scope tokens are requested for.
     pub fn scope(&self) -> &str {
-        &self.inner.scope
+        &self.tokens.acquirer().scope
     }
 
     /// The source's description and the scope, for logs.
     pub fn describe(&self) -> String {
-        format!("{} for {}", self.inner.describe(), self.inner.scope)
-    }
-}
-
-/// What the refresher should do next.
-enum Next {
-    RefreshNow,
-    SleepUntil(Instant),
-}
-
-fn plan(inner: &Inner) -> Next {
-    let st = inner.lock();
-    let now = Instant::now();
-    if st.consecutive_failures > 0 {
-        return match st.retry_at {
-            Some(at) if at > now => Next::SleepUntil(at),
-            _ => Next::RefreshNow,
-        };
-    }
-    match &st.cached {
-        Some(c) => {
-            let at = c.refresh_at(&inner.policy);
-            if at > now {
-                Next::SleepUntil(at)
-            } else {
-                Next::RefreshNow
-            }
-        }
-        None => Next::RefreshNow,
-    }
-}
-
-async fn refresher(weak: Weak<Inner>, signal: Arc<Signal>) {
-    loop {
-        if signal.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let next = match weak.upgrade() {
-            Some(inner) => plan(&inner),
-            None => return,
-        };
-        match next {
-            Next::SleepUntil(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = signal.wake.notified() => {}
-                }
-            }
-            Next::RefreshNow => {
-                let Some(inner) = weak.upgrade() else { return };
-                let mut rx = {
-                    let mut st = inner.lock();
-                    inner.flight(&mut st)
-                };
-                drop(inner);
-                // The outcome is recorded by the flight itself.
-                let _ = wait(&mut rx, String::new()).await;
-            }
-        }
+        format!("{} for {}", self.tokens.acquirer().describe(), self.scope())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
 
     /// Scripted source: call n returns `script[n]` (the last repeats) after `delay`.
     struct Fake {
@@ -661,14 +447,5 @@ mod tests {
         let _h = c.spawn_refresher();
         tokio::time::sleep(Duration::from_millis(10_500)).await;
         assert!(fake.calls() <= 11, "{}", fake.calls());
-    }
-
-    #[test]
-    fn backoff_bounds() {
-        let p = RefreshPolicy::default();
-        for n in 1..40 {
-            let d = backoff(&p, n);
-            assert!(d <= p.max_backoff && d >= p.min_backoff / 2, "{n}: {d:?}");
-        }
     }
 }

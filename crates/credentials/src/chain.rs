@@ -161,25 +161,10 @@ impl TokenSource for DefaultChain {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::testutil::{FakeHttp, Reply, opts_with};
+    use crate::testutil::{FakeHttp, Reply, fake_az, opts_with, path_with};
     use std::time::{Duration, Instant};
 
-    fn path_with(dir: &std::path::Path) -> String {
-        format!("{}:/usr/bin:/bin", dir.display())
-    }
-
     const SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
-
-    fn az_dir(body: &str) -> std::path::PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let dir =
-            std::env::temp_dir().join(format!("dbproxy-chain-{}", crate::certificate::uuid_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let az = dir.join("az");
-        std::fs::write(&az, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    }
 
     fn dead_url() -> url::Url {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -190,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn laptop_falls_through_to_cli_quickly_and_sticks() {
-        let dir = az_dir(
+        let dir = fake_az(
             r#"echo x >> "$(dirname "$0")/calls"
 echo '{"accessToken":"cli","expires_on":2147385600}'"#,
         );
@@ -239,7 +224,7 @@ echo '{"accessToken":"cli","expires_on":2147385600}'"#,
             r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret is provided."}"#,
         )])
         .await;
-        let dir = az_dir(r#"echo '{"accessToken":"cli","expires_on":2147385600}'"#);
+        let dir = fake_az(r#"echo '{"accessToken":"cli","expires_on":2147385600}'"#);
         let mut opts = opts_with(&[
             ("AZURE_TENANT_ID", "t"),
             ("AZURE_CLIENT_ID", "c"),

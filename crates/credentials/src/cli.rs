@@ -20,6 +20,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    entra::check_id,
     error::{CredentialError, scrub},
     secret::{AccessToken, Secret},
     source::{CredentialOptions, TokenSource},
@@ -44,16 +45,7 @@ impl AzureCli {
         opts: &CredentialOptions,
     ) -> Result<Self, CredentialError> {
         if let Some(t) = &tenant_id {
-            if t.is_empty()
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-            {
-                return Err(CredentialError::config(
-                    WHO,
-                    format!("tenant id {t:?} is not a valid id"),
-                ));
-            }
+            check_id(WHO, "tenant id", t)?;
         }
         let extra_env = ["AZURE_CONFIG_DIR", "HOME"]
             .iter()
@@ -261,23 +253,7 @@ impl TokenSource for AzureCli {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::testutil::opts_with;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// A directory with a fake `az` shell script.
-    pub(crate) fn fake_az(script_body: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("dbproxy-az-{}", crate::certificate::uuid_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let az = dir.join("az");
-        std::fs::write(&az, format!("#!/bin/sh\n{script_body}\n")).unwrap();
-        std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    }
-
-    fn path_with(dir: &std::path::Path) -> String {
-        format!("{}:/usr/bin:/bin", dir.display())
-    }
+    use crate::testutil::{fake_az, opts_with, path_with};
 
     const SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
 

@@ -29,7 +29,7 @@ use url::Url;
 
 use crate::{
     certificate,
-    error::{CredentialError, describe_reqwest, endpoint_of},
+    error::{CredentialError, endpoint_of},
     secret::{AccessToken, Secret},
     source::{CredentialOptions, TokenSource},
     wire::{parse_error_body, parse_token_response},
@@ -83,7 +83,8 @@ pub(crate) fn authority(opts: &CredentialOptions, who: &str) -> Result<Url, Cred
     Ok(url)
 }
 
-fn check_id(who: &str, what: &str, v: &str) -> Result<(), CredentialError> {
+/// `v` looks like an Entra id (a GUID or a domain name: letters, digits, `-`, `.`, `_`).
+pub(crate) fn check_id(who: &str, what: &str, v: &str) -> Result<(), CredentialError> {
     if v.is_empty()
         || !v
             .chars()
@@ -291,33 +292,24 @@ impl TokenSource for EntraSource {
             .form(&form)
             .send()
             .await
-            .map_err(|e| CredentialError::Transport {
-                who: self.describe(),
-                endpoint: endpoint.clone(),
-                message: describe_reqwest(e),
-            })?;
+            .map_err(|e| CredentialError::transport(self.describe(), &endpoint, e))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| CredentialError::Transport {
-            who: self.describe(),
-            endpoint: endpoint.clone(),
-            message: describe_reqwest(e),
-        })?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CredentialError::transport(self.describe(), &endpoint, e))?;
         if status.is_success() {
             return parse_token_response(&body, now, &self.describe(), &endpoint);
         }
         let (error, description) = parse_error_body(&body, &[proof.expose()]);
-        Err(CredentialError::Rejected {
-            who: self.describe(),
+        Err(CredentialError::rejected(
+            self.describe(),
             endpoint,
-            status: status.as_u16(),
-            error: if error.is_empty() {
-                status.canonical_reason().unwrap_or("error").to_owned()
-            } else {
-                error
-            },
+            status,
+            error,
             description,
-            hint: self.hint().to_owned(),
-        })
+            self.hint(),
+        ))
     }
 }
 

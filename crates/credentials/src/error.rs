@@ -164,6 +164,44 @@ impl CredentialError {
         }
     }
 
+    /// The request to `endpoint` failed before an HTTP answer arrived.
+    pub(crate) fn transport(
+        who: impl Into<String>,
+        endpoint: impl Into<String>,
+        e: reqwest::Error,
+    ) -> Self {
+        CredentialError::Transport {
+            who: who.into(),
+            endpoint: endpoint.into(),
+            message: describe_reqwest(e),
+        }
+    }
+
+    /// The HTTP endpoint answered `status` (not a success). `code` is the error code read from
+    /// the body (when there is none, the status's reason phrase stands in), `description` the
+    /// first line of its description (both already scrubbed), `hint` what to check.
+    pub(crate) fn rejected(
+        who: impl Into<String>,
+        endpoint: impl Into<String>,
+        status: reqwest::StatusCode,
+        code: String,
+        description: String,
+        hint: impl Into<String>,
+    ) -> Self {
+        CredentialError::Rejected {
+            who: who.into(),
+            endpoint: endpoint.into(),
+            status: status.as_u16(),
+            error: if code.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_owned()
+            } else {
+                code
+            },
+            description,
+            hint: hint.into(),
+        }
+    }
+
     pub(crate) fn invalid(
         who: impl Into<String>,
         endpoint: impl Into<String>,
@@ -259,5 +297,17 @@ mod tests {
             "client secret: https://login/t/oauth2/v2.0/token answered HTTP 401: invalid_client (AADSTS7000215: Invalid client secret is provided.); check the client secret"
         );
         assert_eq!(e.kind(), ErrorKind::Rejected);
+        let e = CredentialError::rejected(
+            "x",
+            "https://e/",
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            String::new(),
+            String::new(),
+            "",
+        );
+        assert_eq!(
+            e.to_string(),
+            "x: https://e/ answered HTTP 503: Service Unavailable"
+        );
     }
 }

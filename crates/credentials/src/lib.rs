@@ -29,11 +29,14 @@
 //! * `certificate` — RS256 client assertion JWTs signed with aws-lc-rs (no OpenSSL).
 //! * `cli` — `az account get-access-token`.
 //! * `chain` — the default chain (environment → workload identity → managed identity → CLI).
-//! * `cache` — [`TokenCache`]: refresh-ahead, single-flight, backoff, invalidation.
+//! * `refresh` — the single-flight refresher (refresh-ahead, backoff with jitter, a background
+//!   task, [`CacheStatus`]) that [`TokenCache`] and [`CosmosKeySource`] are built on.
+//! * `cache` — [`TokenCache`]: access tokens kept fresh per scope, invalidation.
 //! * `wire` — wire-format helpers shared by the HTTP sources.
 //! * `password` — [`PasswordSource`]: what a listener logs in with ([`TokenCache`] implements it:
 //!   the token is the password).
-//! * `cosmos` — [`CosmosKeySource`]: a Cosmos DB account key from ARM `listKeys` (Cassandra API).
+//! * `cosmos` — [`CosmosKeySource`]: a Cosmos DB account key from ARM `listKeys` (Cassandra API):
+//!   `cosmos::arm` (the HTTP exchange) and `cosmos::keys` (key kinds, choice, refusals).
 //! * `password_file` — [`PasswordFile`]: a password kept in a file (development only).
 //!
 //! All sources are hand-written over reqwest rather than wrapping `azure_identity` (see each
@@ -54,18 +57,20 @@ mod error;
 mod managed_identity;
 mod password;
 mod password_file;
+mod refresh;
 mod secret;
 mod source;
 #[cfg(test)]
 mod testutil;
 mod wire;
 
-pub use cache::{CacheStatus, EXPIRY_MARGIN, RefreshPolicy, TokenCache};
+pub use cache::{EXPIRY_MARGIN, TokenCache};
 pub use cosmos::{COSMOS_ARM_SCOPE, CosmosKeyKind, CosmosKeySource, DEFAULT_KEY_REFRESH};
 pub use env::Env;
 pub use error::{CredentialError, ErrorKind};
 pub use password::PasswordSource;
 pub use password_file::PasswordFile;
+pub use refresh::{CacheStatus, RefreshPolicy};
 pub use secret::{AccessToken, Secret};
 pub use source::{CredentialOptions, CredentialSpec, TokenSource, UserAssignedId, build};
 

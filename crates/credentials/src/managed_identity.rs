@@ -1,7 +1,7 @@
 //! Managed identity: a token for the identity Azure attached to this VM, VMSS, AKS node,
 //! App Service, Container App or Function.
 //!
-//! # Endpoint selection (from the [`Env`](crate::Env) snapshot)
+//! # Endpoint selection (from the [`Env`] snapshot)
 //! * `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` → App Service / Container Apps / Functions:
 //!   `GET {IDENTITY_ENDPOINT}?resource=<scope without /.default>&api-version=2019-08-01`
 //!   with header `X-IDENTITY-HEADER: {IDENTITY_HEADER}`; user-assigned selectors
@@ -40,7 +40,7 @@ use crate::{
     error::{CredentialError, describe_reqwest, endpoint_of},
     secret::{AccessToken, Secret},
     source::{CredentialOptions, TokenSource, UserAssignedId},
-    wire::{parse_error_body, parse_token_response, scope_to_resource},
+    wire::{parse_error_body, parse_token_response, retry_after, scope_to_resource},
 };
 
 const DEFAULT_IMDS: &str = "http://169.254.169.254";
@@ -242,16 +242,6 @@ fn with_query(url: &Url, pairs: &[(&str, &str)]) -> Url {
     u
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
-    v.to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
 #[async_trait::async_trait]
 impl TokenSource for ManagedIdentity {
     fn describe(&self) -> String {
@@ -291,11 +281,7 @@ impl TokenSource for ManagedIdentity {
                         return Err(self.not_answering(&describe_reqwest(e)));
                     }
                     if last || !(e.is_timeout() || e.is_connect()) {
-                        return Err(CredentialError::Transport {
-                            who: self.describe(),
-                            endpoint,
-                            message: describe_reqwest(e),
-                        });
+                        return Err(CredentialError::transport(self.describe(), endpoint, e));
                     }
                     tracing::debug!(attempt, error = %describe_reqwest(e), "managed identity request failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -305,15 +291,14 @@ impl TokenSource for ManagedIdentity {
             };
             let status = resp.status();
             if status.is_success() {
-                let body = resp.bytes().await.map_err(|e| CredentialError::Transport {
-                    who: self.describe(),
-                    endpoint: endpoint.clone(),
-                    message: describe_reqwest(e),
-                })?;
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| CredentialError::transport(self.describe(), &endpoint, e))?;
                 return parse_token_response(&body, now, &self.describe(), &endpoint);
             }
             if self.retryable(status) && !last {
-                let wait = retry_after(&resp)
+                let wait = retry_after(resp.headers())
                     .map(|d| d.min(self.retry.max))
                     .unwrap_or(delay);
                 tracing::debug!(
@@ -334,18 +319,14 @@ impl TokenSource for ManagedIdentity {
                     if description.is_empty() { "" } else { "; " }
                 );
             }
-            return Err(CredentialError::Rejected {
-                who: self.describe(),
+            return Err(CredentialError::rejected(
+                self.describe(),
                 endpoint,
-                status: status.as_u16(),
-                error: if error.is_empty() {
-                    status.canonical_reason().unwrap_or("error").to_owned()
-                } else {
-                    error
-                },
+                status,
+                error,
                 description,
-                hint: self.hint(status.as_u16()),
-            });
+                self.hint(status.as_u16()),
+            ));
         }
         // The loop always returns on its last attempt.
         Err(self.not_answering("no attempt was made"))

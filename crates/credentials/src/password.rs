@@ -11,7 +11,7 @@
 //! [`PasswordSource::after_rejection`] with the refused value and tries again with what it
 //! returns, until it returns `None`.
 
-use crate::{cache::CacheStatus, cache::TokenCache, error::CredentialError, secret::Secret};
+use crate::{cache::TokenCache, error::CredentialError, refresh::CacheStatus, secret::Secret};
 
 /// Where a listener's database password comes from.
 #[async_trait::async_trait]

@@ -11,7 +11,9 @@ use std::{
     time::SystemTime,
 };
 
-use crate::{cache::CacheStatus, error::CredentialError, password::PasswordSource, secret::Secret};
+use crate::{
+    error::CredentialError, password::PasswordSource, refresh::CacheStatus, secret::Secret,
+};
 
 #[derive(Default)]
 struct State {

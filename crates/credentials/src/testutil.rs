@@ -1,4 +1,5 @@
-//! Test helpers: a tiny scripted HTTP/1.1 server on 127.0.0.1 and option builders.
+//! Test helpers: a tiny scripted HTTP/1.1 server on 127.0.0.1, option builders, a fake `az`
+//! and log capture.
 
 use std::sync::{Arc, Mutex};
 
@@ -220,4 +221,22 @@ impl LogCapture {
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+/// A fresh directory holding an executable `az` shell script running `script_body`.
+#[cfg(unix)]
+pub(crate) fn fake_az(script_body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("dbproxy-az-{}", crate::certificate::uuid_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let az = dir.join("az");
+    std::fs::write(&az, format!("#!/bin/sh\n{script_body}\n")).unwrap();
+    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A `PATH` with `dir` first, then the system directories.
+#[cfg(unix)]
+pub(crate) fn path_with(dir: &std::path::Path) -> String {
+    format!("{}:/usr/bin:/bin", dir.display())
 }

@@ -1,4 +1,4 @@
-//! Shared pieces of the token endpoints' wire formats.
+//! Shared pieces of the HTTP wire formats (token endpoints, and ARM for Cosmos DB keys).
 //!
 //! * Scopes: Entra v2 takes `scope=https://…/.default`; the managed identity endpoints take
 //!   `resource=https://…` (the scope without `/.default`).
@@ -8,9 +8,12 @@
 //! * Error bodies: OAuth `{"error","error_description"}` (Entra, IMDS) or App Service's
 //!   `{"statusCode","message"}`. Only the code and the first line of the description are
 //!   kept; the body itself is never put into an error.
+//! * `Retry-After` (managed identity retries, ARM `listKeys` throttling): delay-seconds only;
+//!   an HTTP-date is ignored, and the caller then falls back to its own backoff.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use crate::{
@@ -38,6 +41,28 @@ pub(crate) fn lenient_u64(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// The delay a `Retry-After: <seconds>` header asks for.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?;
+    v.to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// `body` as JSON; the error names its size, never its contents.
+pub(crate) fn json_body(body: &[u8], who: &str, endpoint: &str) -> Result<Value, CredentialError> {
+    serde_json::from_slice(body).map_err(|_| {
+        CredentialError::invalid(
+            who,
+            endpoint,
+            format!("the body is not JSON ({} bytes)", body.len()),
+        )
+    })
+}
+
 /// Parses a successful token response (`access_token` + `expires_on`/`expires_in`).
 /// `now` is when the request was sent, so that `expires_in` errs on the early side.
 pub(crate) fn parse_token_response(
@@ -46,13 +71,7 @@ pub(crate) fn parse_token_response(
     who: &str,
     endpoint: &str,
 ) -> Result<AccessToken, CredentialError> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| {
-        CredentialError::invalid(
-            who,
-            endpoint,
-            format!("the body is not JSON ({} bytes)", body.len()),
-        )
-    })?;
+    let v = json_body(body, who, endpoint)?;
     let token = match v.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() => Secret::new(t.clone()),
         _ => {
@@ -174,5 +193,18 @@ mod tests {
         );
         assert_eq!(scope_to_resource("https://a/.default"), "https://a");
         assert_eq!(scope_to_resource("https://a"), "https://a");
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, " 7 ".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None, "HTTP-dates are not supported");
     }
 }
