@@ -37,6 +37,24 @@ use crate::{
 /// A token with less than this left counts as expired for [`TokenCache::get`].
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
+/// The cache drops a token the database rejected at most once per this interval. A refusal
+/// that repeats right after a forced refresh is not about the token's age (a revoked role, a
+/// wrong audience): fetching yet another token would only load Entra ID, once per client
+/// connection, until it throttles every client of the proxy.
+pub const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What [`TokenCache::invalidate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidated {
+    /// The rejected token was the cached one and is gone; the next `get` fetches a new one.
+    Dropped,
+    /// The cache already holds another token (a concurrent session replaced it).
+    NotCurrent,
+    /// The rejected token is the cached one, but a rejected token was dropped less than
+    /// [`FORCED_REFRESH_INTERVAL`] ago: it is kept, and no new one is fetched.
+    TooSoon,
+}
+
 struct Cached {
     token: AccessToken,
     obtained: Instant,
@@ -148,6 +166,8 @@ impl Acquire for Tokens {
 /// A cached, refreshed access token for one scope.
 pub struct TokenCache {
     tokens: Refreshed<Tokens>,
+    /// When a rejected token was last dropped.
+    last_forced: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -170,6 +190,7 @@ impl TokenCache {
     ) -> Arc<TokenCache> {
         Arc::new(TokenCache {
             tokens: Refreshed::new(Tokens { source, scope }, policy, "token acquisition"),
+            last_forced: std::sync::Mutex::new(None),
         })
     }
 
@@ -185,27 +206,47 @@ impl TokenCache {
         self.tokens.get().await
     }
 
-    /// The database rejected `rejected`: forget it if it is still the cached token.
-    pub fn invalidate(&self, rejected: &Secret) {
-        let dropped = self.tokens.with_held(|held| {
+    /// The database rejected `rejected`: forget it if it is still the cached token, unless a
+    /// rejected token was dropped less than [`FORCED_REFRESH_INTERVAL`] ago.
+    pub fn invalidate(&self, rejected: &Secret) -> Invalidated {
+        let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let too_soon = last.is_some_and(|t| now < t + FORCED_REFRESH_INTERVAL);
+        let outcome = self.tokens.with_held(|held| {
             let is_current = held
                 .cached
                 .as_ref()
                 .is_some_and(|c| &c.token.token == rejected);
-            if is_current {
+            if !is_current {
+                Invalidated::NotCurrent
+            } else if too_soon {
+                Invalidated::TooSoon
+            } else {
                 held.cached = None;
                 held.rejected = Some(rejected.clone());
+                Invalidated::Dropped
             }
-            is_current
         });
-        if dropped {
-            tracing::info!(
+        match outcome {
+            Invalidated::Dropped => {
+                *last = Some(now);
+                drop(last);
+                tracing::info!(
+                    source = %self.tokens.acquirer().describe(),
+                    scope = %self.scope(),
+                    "the database rejected the cached access token; fetching a new one"
+                );
+                self.tokens.wake();
+            }
+            Invalidated::TooSoon => tracing::warn!(
                 source = %self.tokens.acquirer().describe(),
                 scope = %self.scope(),
-                "the database rejected the cached access token; fetching a new one"
-            );
-            self.tokens.wake();
+                "the database rejected the access token again within {} s of fetching a new one; keeping it (the refusal is not about the token's age)",
+                FORCED_REFRESH_INTERVAL.as_secs()
+            ),
+            Invalidated::NotCurrent => {}
         }
+        outcome
     }
 
     /// Health and counters.
@@ -333,6 +374,27 @@ mod tests {
         c.invalidate(&t0.token);
         assert_eq!(c.get().await.unwrap(), t1);
         assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_right_after_a_forced_refresh_keeps_the_token() {
+        let fake = Fake::new(Duration::ZERO, vec![Ok(HOUR)]);
+        let c = cache(&fake, RefreshPolicy::default());
+        let t0 = c.get().await.unwrap();
+        assert_eq!(c.invalidate(&t0.token), Invalidated::Dropped);
+        let t1 = c.get().await.unwrap();
+        assert_eq!(fake.calls(), 2);
+        // Refused again at once: not the token's fault; no Entra request per client.
+        for _ in 0..10 {
+            assert_eq!(c.invalidate(&t1.token), Invalidated::TooSoon);
+            assert_eq!(c.get().await.unwrap(), t1);
+        }
+        assert_eq!(fake.calls(), 2);
+        // After the interval, a refusal may force a refresh again.
+        tokio::time::advance(FORCED_REFRESH_INTERVAL).await;
+        assert_eq!(c.invalidate(&t1.token), Invalidated::Dropped);
+        c.get().await.unwrap();
+        assert_eq!(fake.calls(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,7 +64,7 @@ mod source;
 mod testutil;
 mod wire;
 
-pub use cache::{EXPIRY_MARGIN, TokenCache};
+pub use cache::{EXPIRY_MARGIN, FORCED_REFRESH_INTERVAL, Invalidated, TokenCache};
 pub use cosmos::{COSMOS_ARM_SCOPE, CosmosKeyKind, CosmosKeySource, DEFAULT_KEY_REFRESH};
 pub use env::Env;
 pub use error::{CredentialError, ErrorKind};

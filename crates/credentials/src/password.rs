@@ -50,7 +50,9 @@ impl PasswordSource for TokenCache {
     async fn after_rejection(&self, rejected: &Secret) -> Result<Option<Secret>, CredentialError> {
         // A no-op if another connection already replaced the rejected token: `get` then
         // answers with the newer cached one.
-        self.invalidate(rejected);
+        if self.invalidate(rejected) == crate::cache::Invalidated::TooSoon {
+            return Ok(None);
+        }
         let fresh = self.get().await?.token;
         if &fresh == rejected {
             tracing::warn!(

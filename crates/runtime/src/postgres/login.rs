@@ -2,7 +2,7 @@
 //!
 //! Each attempt connects afresh ([`super::connect`]) and runs the sans-IO
 //! [`UpstreamLogin`] over it ([`crate::login::drive`]), all under the handshake timeout. When
-//! the server refuses the token (28P01, or 28000), the credential is told and the login is tried
+//! the server refuses the token ([`refuses_the_token`]), the credential is told and the login is tried
 //! once more with a fresh token ([`crate::session::login_with_retry`]); any other refusal goes to
 //! the client verbatim. From AuthenticationOk on, what the server sent goes to the client, which
 //! sees a normal connection start.
@@ -66,6 +66,19 @@ impl LoginMachine for UpstreamLogin {
     }
 }
 
+/// Whether a login refusal is about the token, so that a fresh token may succeed: 28P01, or
+/// 28000 with the messages Azure Database for PostgreSQL sends for a refused token ("The access
+/// token has expired…", "The access token does not have a valid audience claim…", "password
+/// authentication failed for user …"). Other 28000 refusals (a `pg_hba.conf` reject, a role
+/// or database that does not exist) are the client's to see, and must not cost an Entra ID
+/// request each: a client could otherwise make the proxy hammer Entra in a loop.
+pub fn refuses_the_token(code: &str, message: &str) -> bool {
+    code == sqlstate::INVALID_PASSWORD
+        || (code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+            && (message.contains("access token")
+                || message.starts_with("password authentication failed")))
+}
+
 impl<C: Connector> PostgresService<C> {
     /// Logs in upstream for `client` (replacing a refused token once) and writes the server's
     /// AuthenticationOk and what follows to the client. Returns the logged-in upstream.
@@ -116,8 +129,7 @@ impl<C: Connector> PostgresService<C> {
                     code,
                     message,
                 } => Attempt::Refused(Refusal {
-                    credential: code == sqlstate::INVALID_PASSWORD
-                        || code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    credential: refuses_the_token(&code, &message),
                     summary: format!("{code} {message}"),
                     reply: to_client,
                 }),

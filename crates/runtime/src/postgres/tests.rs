@@ -286,3 +286,26 @@ async fn cancel_requests_are_forwarded_as_sent() {
     tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
     tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
 }
+
+#[test]
+fn only_refusals_of_the_token_count_as_credential_refusals() {
+    use super::login::refuses_the_token;
+    assert!(refuses_the_token(
+        "28P01",
+        "password authentication failed for user \"a\""
+    ));
+    assert!(refuses_the_token(
+        "28000",
+        "The access token has expired. Please acquire a new token and retry."
+    ));
+    assert!(refuses_the_token(
+        "28000",
+        "The access token does not have a valid audience claim."
+    ));
+    assert!(!refuses_the_token(
+        "28000",
+        "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"u\", database \"d\", SSL encryption"
+    ));
+    assert!(!refuses_the_token("28000", "role \"u\" does not exist"));
+    assert!(!refuses_the_token("3D000", "database \"d\" does not exist"));
+}
