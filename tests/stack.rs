@@ -35,15 +35,15 @@ impl Stack {
     }
 
     pub async fn with(auth: PasswordAuth, config: FakeAzureConfig) -> Stack {
+        Stack::with_pg(PgOptions::with_auth(auth), config).await
+    }
+
+    pub async fn with_pg(options: PgOptions, config: FakeAzureConfig) -> Stack {
         let ca = TestCa::new("entra-db-proxy tests");
         let dir = unique_temp_dir("it").unwrap();
         let ca_file = dir.join("ca.pem");
         ca.write_ca(&ca_file);
-        let pg = Arc::new(
-            PgServer::start(&ca, PgOptions::with_auth(auth))
-                .await
-                .unwrap(),
-        );
+        let pg = Arc::new(PgServer::start(&ca, options).await.unwrap());
         // The role exists from the start with a password nobody knows; tokens replace it.
         pg.set_role_password(ENTRA_USER, &dbproxy_testkit::tokens::random_b64url(24))
             .await

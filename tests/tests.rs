@@ -18,6 +18,8 @@ mod clients;
 mod credentials;
 /// What clients see when something fails, and that one client's garbage hurts no other.
 mod failures;
+/// Hostile clients: pipelining, garbage, log forgery, refusals in a loop.
+mod hostile;
 /// Probes, metrics, connection cap, `check`, idle timeout, shutdown.
 mod ops;
 /// No secret in a full trace-level log.

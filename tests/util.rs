@@ -74,7 +74,9 @@ impl ProxyCmd {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.args(["--log-format", "json"]);
+        if !self.args.iter().any(|a| a == "--log-format") {
+            cmd.args(["--log-format", "json"]);
+        }
         cmd.args(&self.args);
         cmd
     }
@@ -119,6 +121,14 @@ impl ProxyCmd {
             Duration::from_secs(20),
         );
         for line in proxy.lines() {
+            // Text logs (`--log-format text`): "… listening listener=NAME addr=ADDR …".
+            if line.contains(" listening ")
+                && let (Some(name), Some(addr)) =
+                    (text_field(&line, "listener"), text_field(&line, "addr"))
+                && !addr.starts_with("unix:")
+            {
+                proxy.addrs.insert(name.to_owned(), addr.parse().unwrap());
+            }
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"] == "listening"
             {
@@ -285,4 +295,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The value of `key=value` in a text log line.
+fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..].split_whitespace().next()
 }

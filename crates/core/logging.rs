@@ -20,6 +20,8 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
+    // Client-controlled values are escaped for text lines; JSON encodes them itself.
+    dbproxy_runtime::escape::set_json(format == LogFormat::Json);
     let result = match format {
         LogFormat::Text => registry
             .with(

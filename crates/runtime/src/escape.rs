@@ -5,16 +5,29 @@
 //! (`level=ERROR …`) that operators and log pipelines trust. [`Escaped`] displays such a value
 //! so that it can never leave its field: control characters, quotes and backslashes are
 //! escaped as Rust does (`\n`, `\u{1b}`, `\"`), and a value that is empty or holds a space or
-//! `=` is quoted, so a fake `key=value` pair stays inside its field. The JSON log format
-//! JSON-encodes every field on top of this.
+//! `=` is quoted, so a fake `key=value` pair stays inside its field. JSON logs encode every
+//! field as a JSON string already; with [`set_json`] the value is written as it is.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Tells [`Escaped`] that log lines are JSON, whose encoding escapes every field itself.
+pub fn set_json(json: bool) {
+    JSON.store(json, Ordering::Relaxed);
+}
 
 /// Displays a client-controlled string safely for a log line.
 pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if JSON.load(Ordering::Relaxed) {
+            return f.write_str(self.0);
+        }
         let quote = self.0.is_empty()
             || self
                 .0

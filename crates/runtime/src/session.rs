@@ -230,7 +230,7 @@ pub async fn finish<C>(
             }
             match e.reason.severity() {
                 Severity::Quiet => {
-                    tracing::debug!(cause = e.reason.cause(), detail = %e.message, "session not started")
+                    tracing::debug!(cause = e.reason.cause(), detail = %Escaped(&e.message), "session not started")
                 }
                 Severity::Normal => tracing::info!(
                     upstream = %labels.upstream,
@@ -244,7 +244,7 @@ pub async fn finish<C>(
                         user = %Escaped(labels.user),
                         duration_ms,
                         cause = e.reason.cause(),
-                        error = %e.message,
+                        error = %Escaped(&e.message),
                         outcome = "failed",
                         "session ended"
                     );
@@ -312,7 +312,7 @@ where
         if refusal.credential && tried < attempts {
             match credential.after_rejection(&password).await {
                 Ok(Some(next)) => {
-                    tracing::warn!(refusal = %refusal.summary, attempt = tried, "the upstream refused the credential; retrying with a fresh one");
+                    tracing::warn!(refusal = %Escaped(&refusal.summary), attempt = tried, "the upstream refused the credential; retrying with a fresh one");
                     password = next;
                     continue;
                 }

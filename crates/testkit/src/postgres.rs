@@ -91,6 +91,9 @@ pub struct PgOptions {
     pub server_names: Vec<String>,
     /// Extra `postgresql.conf` lines, appended last.
     pub extra_conf: Vec<String>,
+    /// Extra `pg_hba.conf` lines, matched before the `hostssl all all` line (e.g. a `reject`
+    /// for one database).
+    pub extra_hba: Vec<String>,
     /// How long to wait for the server to accept connections. Default 60 s.
     pub ready_timeout: Duration,
 }
@@ -101,6 +104,7 @@ impl Default for PgOptions {
             auth: PasswordAuth::Password,
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             extra_conf: Vec::new(),
+            extra_hba: Vec::new(),
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -232,9 +236,11 @@ impl PgServer {
         }
 
         // Configuration.
+        let extra_hba: String = opts.extra_hba.iter().map(|l| format!("{l}\n")).collect();
         let hba = format!(
             "# written by dbproxy-testkit\n\
              local   all  postgres                 trust\n\
+             {extra_hba}\
              hostssl all  all       127.0.0.1/32   {}\n",
             opts.auth.hba_method()
         );

@@ -23,7 +23,7 @@ use dbproxy_cassandra::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{CassandraService, handshake::addressee};
-use crate::{relay::Transferred, session::CloseReason, upstream::Connector};
+use crate::{escape::Escaped, relay::Transferred, session::CloseReason, upstream::Connector};
 
 /// Bytes read from one side but not yet decoded, and the decoder that splits them.
 pub(crate) struct Inbound {
@@ -166,7 +166,7 @@ impl<'a, C: Connector> Relay<'a, C> {
                     Ok(None) => {}
                     Err(e) => {
                         let (version, stream) = addressee(&buf);
-                        tracing::warn!(error = %e, "garbage from the client; answering with an ERROR and closing");
+                        tracing::warn!(error = %Escaped(&e.to_string()), "garbage from the client; answering with an ERROR and closing");
                         let _ = reply_tx
                             .send((e.to_error_frame(version, stream), true))
                             .await;
@@ -217,7 +217,7 @@ impl<'a, C: Connector> Relay<'a, C> {
                             }
                             Ok(UpstreamAction::Drop) => {}
                             Err(e) => {
-                                tracing::warn!(error = %e, "unreadable topology answer from the upstream; closing rather than exposing it");
+                                tracing::warn!(error = %Escaped(&e.to_string()), "unreadable topology answer from the upstream; closing rather than exposing it");
                                 return CloseReason::UpstreamProtocol;
                             }
                         }
@@ -225,7 +225,7 @@ impl<'a, C: Connector> Relay<'a, C> {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "unreadable frame from the upstream; closing");
+                        tracing::warn!(error = %Escaped(&e.to_string()), "unreadable frame from the upstream; closing");
                         return CloseReason::UpstreamProtocol;
                     }
                 }
