@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use crate::{
     stack::{self, DB, ENTRA_USER, Stack, psql},
     util::ProxyCmd,
@@ -216,7 +214,8 @@ async fn sigterm_lets_running_queries_finish() {
         drop(client);
         r
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM only once the query runs upstream.
+    stack::wait_until_running(&s, "select pg_sleep(2)::text || 'done'").await;
     let code = tokio::task::spawn_blocking(move || {
         let code = proxy.terminate();
         (code, proxy)
