@@ -211,7 +211,7 @@ impl Proxy {
                 return l;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                self.drain_readers();
                 panic!(
                     "entra-db-proxy exited ({status}) before the expected log line:\n{}",
                     self.log()
@@ -224,6 +224,17 @@ impl Proxy {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// After the process exited: lets the readers take in its last lines (the pipes close with
+    /// it; bounded, in case a child of the proxy still holds them).
+    fn drain_readers(&self) {
+        let start = Instant::now();
+        while self.readers.iter().any(|r| !r.is_finished())
+            && start.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -287,14 +298,7 @@ impl Drop for Proxy {
             eprintln!("---- entra-db-proxy log ----\n{}\n----", self.log());
             return;
         }
-        // The pipes close with the process: let the readers take in its last lines (bounded, in
-        // case a child of the proxy still holds them).
-        let start = Instant::now();
-        while self.readers.iter().any(|r| !r.is_finished())
-            && start.elapsed() < Duration::from_secs(2)
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.drain_readers();
         let unexpected = self.unexpected_warnings();
         if !unexpected.is_empty() {
             panic!(
