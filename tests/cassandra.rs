@@ -446,14 +446,17 @@ async fn ddl_results_wait_for_schema_agreement_on_three_nodes() {
     let mut ddl = vec![format!(
         "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 3}}"
     )];
-    let tables = 4;
+    // Without the hold, a node lagged in about 1 of 20 such checks here (a direct session to
+    // node 1, measured once): ten tables make a regression likely to show, the log lines below
+    // make a missing wait certain to.
+    let tables = 10;
     ddl.extend((0..tables).map(|t| format!("CREATE TABLE {ks}.t{t} (id int PRIMARY KEY, v text)")));
     for (i, stmt) in ddl.iter().enumerate() {
         s.query_unpaged(stmt.as_str(), &[])
             .await
             .unwrap_or_else(|e| panic!("{stmt}: {e}\n{}", proxy.log()));
-        // At once, no retry: each node answers from its own schema tables.
-        for (n, node) in nodes.iter().enumerate() {
+        // At once (all nodes concurrently), no retry: each node answers from its own schema tables.
+        let checks = nodes.iter().enumerate().map(|(n, node)| async move {
             let (cql, what) = if i == 0 {
                 (
                     format!(
@@ -477,11 +480,12 @@ async fn ddl_results_wait_for_schema_agreement_on_three_nodes() {
                 .into_rows_result()
                 .unwrap()
                 .rows_num();
+            (n + 1, what, rows)
+        });
+        for (n, what, rows) in futures_util::future::join_all(checks).await {
             assert_eq!(
-                rows,
-                1,
-                "`{stmt}` returned through the proxy but node {} does not know {what} yet",
-                n + 1
+                rows, 1,
+                "`{stmt}` returned through the proxy but node {n} does not know {what} yet"
             );
         }
     }
