@@ -2,22 +2,31 @@
 # Client compatibility matrix: real applications' database libraries, each in its own language,
 # connect to entra-db-proxy with NO password (PostgreSQL) or NO credentials and NO TLS (CQL) and
 # do ordinary work (DDL, parameterised inserts and reads, a prepared statement, an expected error
-# caught by its code, a clean close). Results go to docs/COMPATIBILITY.md.
+# caught by its code, a clean close). The result is the table of docs/COMPATIBILITY.md.
 #
 #   scripts/clients.sh                      # every PostgreSQL stack
 #   scripts/clients.sh cassandra            # every Cassandra stack, on a 1-node and a 3-node cluster
-#   scripts/clients.sh all                  # both (PostgreSQL, then Cassandra)
+#   scripts/clients.sh all                  # both (PostgreSQL, then Cassandra); what scripts/test.sh runs
+#   scripts/clients.sh all --write          # ... and rewrite the tracked docs/COMPATIBILITY.md
 #   scripts/clients.sh --only node-pg       # one row (the others in the doc are kept as they were)
 #   scripts/clients.sh --only gocql --nodes 3 cassandra   # one Cassandra row
 #   scripts/clients.sh --list [postgres|cassandra]        # the stacks
-#   scripts/clients.sh [--only STACK] [--nodes 1|3] [postgres|cassandra|all]
+#   scripts/clients.sh [--only STACK] [--nodes 1|3] [--write] [postgres|cassandra|all]
+#
+# The tracked docs/COMPATIBILITY.md is never touched unless --write is given: the script writes
+# the regenerated document to ${CARGO_TARGET_DIR:-target}/compat/COMPATIBILITY.md (a copy of the
+# tracked file with the rows that ran replaced; per checkout, like the build) and then, with CI=true, fails if it differs from the tracked
+# file, printing the diff and the command that regenerates it; without CI it only says so. The
+# document is deterministic (no dates, durations, proxy revision or ephemeral ports: see
+# tests/clients/gen_compat.py), so an unchanged matrix regenerates byte for byte; durations go
+# to the log directory ($logs/timings.tsv) and stderr.
 #
 # What it does: installs what the selected stacks need (idempotent, cached between runs: Debian
 # packages, a venv keyed by the requirements' hash, ~/.m2, GOMODCACHE, the npm cache), builds the
 # proxy and the stand-ins, starts the stand-ins (real PostgreSQL with TLS + password auth, fake
 # Entra ID) and ONE proxy on a free loopback port, runs each stack's `run.sh test`, collects the
-# one-line results, rewrites its section of docs/COMPATIBILITY.md, and exits non-zero if any row
-# failed. Cassandra: the stand-ins are a real Cassandra 5.0 (TLS, PasswordAuthenticator) and a
+# one-line results, rewrites its section of the generated document (above), and exits non-zero
+# if any row failed or (CI) the document is not the tracked one. Cassandra: the stand-ins are a real Cassandra 5.0 (TLS, PasswordAuthenticator) and a
 # fake Entra ID + ARM listKeys (dbproxy-cql-standins); every stack runs against a 1-node cluster
 # and then a 3-node one (--nodes picks one), each behind its own proxy, and a row passes only if
 # the driver knows exactly one host (the proxy). ENTRA_DB_PROXY_BIN / DBPROXY_STANDINS_BIN /
@@ -33,9 +42,11 @@ root=$(pwd)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-db=postgres only="" list=0 nodes_arg=""
+db=postgres only="" list=0 nodes_arg="" write=0
+args=("$@")
 while [ $# -gt 0 ]; do
   case "$1" in
+    --write) write=1; shift ;;
     --only) [ $# -ge 2 ] || usage; only="$2"; shift 2 ;;
     --only=*) only="${1#--only=}"; shift ;;
     --nodes) [ $# -ge 2 ] || usage; nodes_arg="$2"; shift 2 ;;
@@ -48,12 +59,46 @@ while [ $# -gt 0 ]; do
 done
 case "$nodes_arg" in ""|1|3) ;; *) echo "--nodes 1 or 3" >&2; exit 2 ;; esac
 
+cache="${ENTRA_DB_PROXY_CACHE:-$HOME/.cache/entra-db-proxy}"
+tracked=docs/COMPATIBILITY.md
+# The regenerated document. The outermost run starts it as a copy of the tracked file; the runs
+# of `all` (EDP_COMPAT_NESTED) update the same copy in turn.
+generated_dir="${CARGO_TARGET_DIR:-$root/target}/compat"
+generated="$generated_dir/COMPATIBILITY.md"
+start_generated() {
+  mkdir -p "$generated_dir"
+  cp "$tracked" "$generated"
+}
+# Compare (CI) or --write: only in the outermost run, after every section is regenerated.
+finish_generated() {
+  if [ "${EDP_COMPAT_NESTED:-}" = 1 ]; then return 0; fi
+  local regen=(scripts/clients.sh)
+  local a
+  for a in "${args[@]}"; do [ "$a" = --write ] || regen+=("$a"); done
+  regen+=(--write)
+  if [ $write -eq 1 ]; then
+    cp "$generated" "$tracked"
+    echo "== $tracked rewritten from $generated" >&2
+  elif cmp -s "$tracked" "$generated"; then
+    echo "== $generated is identical to $tracked" >&2
+  elif [ "${CI:-}" = true ]; then
+    echo "== $tracked is out of date: the client matrix now says (diff -u tracked generated):" >&2
+    diff -u "$tracked" "$generated" >&2 || true
+    echo "== regenerate it with: ${regen[*]}   (then review and commit $tracked)" >&2
+    return 1
+  else
+    echo "== $generated differs from $tracked ($(diff "$tracked" "$generated" | grep -c '^[<>]') lines); see: diff -u $tracked $generated; to update it: ${regen[*]}" >&2
+  fi
+}
+
 if [ "$db" = all ]; then
   [ -z "$only" ] || { echo "--only names one stack of one database: add postgres or cassandra" >&2; exit 2; }
   if [ $list -eq 1 ]; then "$root/scripts/clients.sh" --list postgres; "$root/scripts/clients.sh" --list cassandra; exit 0; fi
+  start_generated
   rc=0
-  "$root/scripts/clients.sh" postgres || rc=1
-  "$root/scripts/clients.sh" ${nodes_arg:+--nodes "$nodes_arg"} cassandra || rc=1
+  EDP_COMPAT_NESTED=1 "$root/scripts/clients.sh" postgres || rc=1
+  EDP_COMPAT_NESTED=1 "$root/scripts/clients.sh" ${nodes_arg:+--nodes "$nodes_arg"} cassandra || rc=1
+  finish_generated || rc=1
   exit $rc
 fi
 # The targets each stack runs against: one for PostgreSQL; for Cassandra, a cluster of each size.
@@ -81,7 +126,6 @@ else
   stacks=("${all_stacks[@]}")
 fi
 
-cache="${ENTRA_DB_PROXY_CACHE:-$HOME/.cache/entra-db-proxy}"
 logs="$cache/clients-logs/$db"
 if [ -z "$only" ]; then rm -rf "$logs"; fi; mkdir -p "$logs"; rm -f "$logs/results.txt"
 work=$(mktemp -d)
@@ -276,16 +320,22 @@ stop_target
 done
 t_end=$(now)
 
-# ---- 4. docs/COMPATIBILITY.md ----------------------------------------------------------------
+# ---- 4. the generated docs/COMPATIBILITY.md -----------------------------------------------------
+# Durations (and which proxy ran) stay out of the document, which must not change run to run.
 if [ -n "${ENTRA_DB_PROXY_BIN:-}" ]; then
   rev="$("$ENTRA_DB_PROXY_BIN" --version 2>/dev/null || echo entra-db-proxy) (prebuilt, ENTRA_DB_PROXY_BIN)"
 else
   rev="entra-db-proxy $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' + local changes')"
 fi
-ENTRA_DB_PROXY_REV="$rev" \
+{ printf '# %s; %s s in all: install %s s, build and start %s s, tests %s s\n' "$rev" \
+    "$(( t_end - t_start ))" "$(( t_installed - t_start ))" "$t_started_sum" "$t_tests_sum"
+  printf '# db\tstack\ttitle\tinstall s\ttest s\tresult\ttarget\n'
+  cat "$results"; } > "$logs/timings.tsv"
+[ "${EDP_COMPAT_NESTED:-}" = 1 ] || start_generated
 ALL_STACKS="${all_stacks[*]}" ONLY="$only" NODES="$nodes_arg" TARGETS="${targets[*]}" \
-TIMES="$(( t_end - t_start )) s in all: install $(( t_installed - t_start )) s, build and start $t_started_sum s, tests $t_tests_sum s" \
-  python3 tests/clients/gen_compat.py "$db" "$results" docs/COMPATIBILITY.md
+  python3 tests/clients/gen_compat.py "$db" "$results" "$generated"
 
-echo "== $(( t_end - t_start )) s (install $(( t_installed - t_start )) s, build+start $t_started_sum s, tests $t_tests_sum s); $fails failed; logs in $logs; docs/COMPATIBILITY.md updated" >&2
-[ $fails -eq 0 ]
+echo "== $(( t_end - t_start )) s (install $(( t_installed - t_start )) s, build+start $t_started_sum s, tests $t_tests_sum s); $fails failed; logs and timings in $logs; generated $generated" >&2
+doc_ok=0
+finish_generated || doc_ok=1
+[ $fails -eq 0 ] && [ $doc_ok -eq 0 ]

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use crate::{
     stack::{self, DB, ENTRA_USER, Stack, psql},
     util::ProxyCmd,
@@ -81,6 +79,8 @@ fn the_example_config_is_valid() {
     let mut proxy = ProxyCmd::new()
         .args(["--config", path.to_str().unwrap()])
         .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9")
+        // Its managed identity has no IMDS here: the token prefetch fails (and is retried).
+        .expect_warnings(&["access token acquisition failed"])
         .spawn();
     assert_eq!(proxy.addrs.keys().collect::<Vec<_>>(), ["orders"]);
     assert_eq!(proxy.terminate(), Some(0));
@@ -181,6 +181,10 @@ tls = {{ server_name = "localhost" }}
     let proxy = ProxyCmd::new()
         .args(["--config", path.to_str().unwrap()])
         .env("ORDERS_SECRET", &c.client_secret)
+        // Each listener gets its own token, and the fake Entra makes only the latest one the
+        // role's password (real Entra tokens all stay valid): the first listener's login is
+        // refused once and retried with a fresh token.
+        .expect_warnings(&["refused the cached token"])
         .spawn();
     for (name, db) in [("orders", "orders"), ("reports", "reports")] {
         let port = proxy.addrs[name].port();
@@ -216,7 +220,8 @@ async fn sigterm_lets_running_queries_finish() {
         drop(client);
         r
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM only once the query runs upstream.
+    stack::wait_until_running(&s, "select pg_sleep(2)::text || 'done'").await;
     let code = tokio::task::spawn_blocking(move || {
         let code = proxy.terminate();
         (code, proxy)

@@ -2,13 +2,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::stack::{self, Stack, db_error, psql};
+use crate::stack::{self, FAILED_SESSION, Stack, db_error, psql};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn entra_down_gives_28000_then_recovers() {
     let s = Stack::start().await;
     s.azure.set_down(true);
-    let proxy = s.proxy_sp().spawn();
+    let proxy = s
+        .proxy_sp()
+        .expect_warnings(&["access token acquisition failed", FAILED_SESSION])
+        .spawn();
     let err = stack::connect(proxy.port()).await.unwrap_err();
     let (code, message) = db_error(&err);
     assert_eq!(code, "28000", "{message}");
@@ -39,6 +42,7 @@ async fn upstream_certificate_for_the_wrong_name_is_refused() {
     let proxy = s
         .proxy_sp()
         .args(["--tls-server-name", "wrong.example.com"])
+        .expect_warnings(&[FAILED_SESSION])
         .spawn();
     let err = stack::connect(proxy.port()).await.unwrap_err();
     let (code, message) = db_error(&err);
@@ -64,6 +68,7 @@ async fn untrusted_certificates_are_refused_upstream_and_at_entra() {
     let proxy = s
         .proxy_sp()
         .env("SSL_CERT_FILE", other_file.to_str().unwrap())
+        .expect_warnings(&["access token acquisition failed", FAILED_SESSION])
         .spawn();
     let (code, message) = db_error(&stack::connect(proxy.port()).await.unwrap_err());
     assert_eq!(code, "28000", "{message}");
@@ -76,6 +81,7 @@ async fn untrusted_certificates_are_refused_upstream_and_at_entra() {
         .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", s.azure.imds_url())
         .args(["--credential", "managed-identity"])
         .env("SSL_CERT_FILE", other_file.to_str().unwrap())
+        .expect_warnings(&[FAILED_SESSION])
         .spawn();
     let (code, message) = db_error(&stack::connect(proxy.port()).await.unwrap_err());
     assert_eq!(code, "08001", "{message}");
@@ -107,7 +113,7 @@ async fn upstream_unreachable_gives_08001() {
         .position(|a| a == "--postgres-upstream")
         .unwrap();
     cmd.args[i + 1] = format!("127.0.0.1:{port}");
-    let proxy = cmd.spawn();
+    let proxy = cmd.expect_warnings(&[FAILED_SESSION]).spawn();
     let (code, message) = db_error(&stack::connect(proxy.port()).await.unwrap_err());
     assert_eq!(code, "08001", "{message}");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
@@ -125,7 +131,7 @@ async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_gets_an_error_response_and_others_keep_working() {
     let s = Stack::start().await;
-    let proxy = s.proxy_sp().spawn();
+    let proxy = s.proxy_sp().expect_warnings(&[FAILED_SESSION]).spawn();
     let port = proxy.port();
     // One good session stays open across the bad clients.
     let good = stack::connect(port).await.unwrap();
@@ -173,7 +179,11 @@ async fn garbage_gets_an_error_response_and_others_keep_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn handshake_timeout_closes_silent_clients() {
     let s = Stack::start().await;
-    let proxy = s.proxy_sp().args(["--handshake-timeout", "1"]).spawn();
+    let proxy = s
+        .proxy_sp()
+        .args(["--handshake-timeout", "1"])
+        .expect_warnings(&[FAILED_SESSION])
+        .spawn();
     let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
         .await
         .unwrap();
@@ -192,7 +202,8 @@ async fn cancel_request_cancels_a_running_query() {
     let client = stack::connect(proxy.port()).await.unwrap();
     let cancel = client.cancel_token();
     let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Cancel only once the query runs upstream (a cancel that arrives first cancels nothing).
+    stack::wait_until_running(&s, "select pg_sleep(30)").await;
     cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(15), sleeper)
         .await

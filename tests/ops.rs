@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    stack::{self, DB, ENTRA_USER, Stack, db_error, psql},
+    stack::{self, DB, ENTRA_USER, FAILED_SESSION, Stack, db_error, psql},
     util::{ProxyCmd, http_get},
 };
 
@@ -35,6 +35,7 @@ async fn probes_follow_credentials_and_shutdown() {
     let mut proxy = s
         .proxy_sp()
         .args(["--admin-listen", "127.0.0.1:0", "--min-shutdown-delay", "3"])
+        .expect_warnings(&["access token acquisition failed"])
         .spawn();
     let admin = proxy.admin.expect("admin address in the log");
     // Before the first credential: alive, not started, not ready.
@@ -65,7 +66,11 @@ async fn readiness_fails_when_the_token_expires_with_entra_down() {
         ..Default::default()
     };
     let s = Stack::with(dbproxy_testkit::postgres::PasswordAuth::Password, cfg).await;
-    let proxy = s.proxy_sp().args(["--admin-listen", "127.0.0.1:0"]).spawn();
+    let proxy = s
+        .proxy_sp()
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .expect_warnings(&["access token acquisition failed"])
+        .spawn();
     let admin = proxy.admin.unwrap();
     wait_status(admin, "/readiness", 200, Duration::from_secs(20)).await;
     s.azure.set_down(true);
@@ -175,6 +180,7 @@ async fn over_the_cap_clients_get_53300() {
     let proxy = s
         .proxy_sp()
         .args(["--max-connections", "2", "--admin-listen", "127.0.0.1:0"])
+        .expect_warnings(&["connection cap reached"])
         .spawn();
     let a = stack::connect(proxy.port()).await.unwrap();
     let b = stack::connect(proxy.port()).await.unwrap();
@@ -313,6 +319,12 @@ async fn tls_to_the_proxy_with_verify_full_and_reload() {
             key.to_str().unwrap(),
         ])
         .args(["--client-tls-mode", "require"])
+        // The refused plain client; during the rotation a client may meet the old certificate,
+        // and the files may be seen half-written.
+        .expect_warnings(&[
+            FAILED_SESSION,
+            "local TLS certificate changed but does not load",
+        ])
         .spawn();
     let psql = |mode: &str, root: &std::path::Path| {
         let mut cmd = std::process::Command::new("psql");

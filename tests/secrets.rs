@@ -3,13 +3,17 @@
 
 use std::time::Duration;
 
-use crate::stack::{self, ENTRA_USER, Stack, psql};
+use crate::stack::{self, ENTRA_USER, FAILED_SESSION, Stack, psql};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_in_a_trace_level_log() {
     let s = Stack::start().await;
     let c = s.azure.config();
-    let mut proxy = s.proxy_sp().rust_log("trace").spawn();
+    let mut proxy = s
+        .proxy_sp()
+        .rust_log("trace")
+        .expect_warnings(&["refused the cached token", FAILED_SESSION])
+        .spawn();
     assert_eq!(psql(proxy.port(), "select current_user").trim(), ENTRA_USER);
     // A refused token and its replacement.
     s.pg.set_role_password(ENTRA_USER, "not-the-token")

@@ -101,6 +101,36 @@ impl Drop for Stack {
     }
 }
 
+/// A substring of the proxy's WARN line for a client session that failed (for
+/// [`crate::util::ProxyCmd::expect_warnings`]).
+pub const FAILED_SESSION: &str = r#""outcome":"failed""#;
+
+/// Waits (at most 20 s) until PostgreSQL itself shows `query` running, in `pg_stat_activity`
+/// queried over the superuser's socket.
+pub async fn wait_until_running(s: &Stack, query: &str) {
+    let admin = s.pg.admin_client().await.unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity \
+                 where state = 'active' and query = $1 and pid <> pg_backend_pid()",
+                &[&query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "`{query}` never showed up as active in pg_stat_activity"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Connects with tokio-postgres through the proxy, no TLS on the local hop, no password, and a
 /// user name unrelated to the Entra user.
 pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use dbproxy_testkit::{azure::FakeAzureConfig, postgres::PasswordAuth};
 
-use crate::stack::{self, ENTRA_USER, Stack, psql};
+use crate::stack::{self, ENTRA_USER, FAILED_SESSION, Stack, psql};
 
 /// Short-lived tokens, the role's password rotated with each: new logins keep working across
 /// several lifetimes and an open session survives its token's expiry.
@@ -45,7 +45,10 @@ async fn tokens_expire_mid_run_without_client_failures() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_token_is_replaced_transparently() {
     let s = Stack::start().await;
-    let mut proxy = s.proxy_sp().spawn();
+    let mut proxy = s
+        .proxy_sp()
+        .expect_warnings(&["refused the cached token"])
+        .spawn();
     assert_eq!(psql(proxy.port(), "select 1").trim(), "1");
     let before = s.azure.issued().len();
     s.pg.set_role_password(ENTRA_USER, "not-the-token")
@@ -68,7 +71,10 @@ async fn rejected_token_is_replaced_transparently() {
 async fn server_errors_reach_the_client_verbatim() {
     let s = Stack::start().await;
     s.azure.clear_on_issue(); // tokens no longer become the role's password
-    let proxy = s.proxy_sp().spawn();
+    let proxy = s
+        .proxy_sp()
+        .expect_warnings(&["refused the cached token", FAILED_SESSION])
+        .spawn();
     let (code, message) = stack::db_error(&stack::connect(proxy.port()).await.unwrap_err());
     assert_eq!(code, "28P01", "{message}");
     assert!(

@@ -5,6 +5,11 @@
 //! learns the bound address from the "listening" log line. Every log line is kept so that tests
 //! can assert on it (and the secret-leak test can grep all of it). A failed wait prints the whole
 //! log.
+//!
+//! When a [`Proxy`] is dropped at the end of a test that did not panic, its log must hold no
+//! WARN or ERROR line other than those the test declared with [`ProxyCmd::expect_warnings`]
+//! (substrings of the line): a test that provokes a failure says which warnings it provokes, and
+//! any other one fails the test with the log.
 
 use std::{
     collections::BTreeMap,
@@ -13,6 +18,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -26,6 +32,9 @@ pub struct Proxy {
     pub admin: Option<SocketAddr>,
     /// Listener name → Unix socket path.
     pub unix: BTreeMap<String, std::path::PathBuf>,
+    /// Substrings of the WARN/ERROR lines this test expects (see the module docs).
+    expected_warnings: Vec<String>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 /// How to start a proxy.
@@ -34,6 +43,8 @@ pub struct ProxyCmd {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub rust_log: Option<String>,
+    /// Substrings of the WARN/ERROR lines the test expects (see the module docs).
+    pub expected_warnings: Vec<String>,
 }
 
 impl ProxyCmd {
@@ -54,6 +65,13 @@ impl ProxyCmd {
     }
     pub fn rust_log(mut self, filter: &str) -> Self {
         self.rust_log = Some(filter.into());
+        self
+    }
+    /// Declares WARN/ERROR lines the test provokes: any such line containing one of `patterns`
+    /// is allowed at the end of the test.
+    pub fn expect_warnings(mut self, patterns: &[&str]) -> Self {
+        self.expected_warnings
+            .extend(patterns.iter().map(|p| (*p).to_owned()));
         self
     }
 
@@ -94,12 +112,13 @@ impl ProxyCmd {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn entra-db-proxy");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let lines = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     if std::env::var_os("EDP_SHOW_PROXY_LOG").is_some() {
@@ -107,7 +126,7 @@ impl ProxyCmd {
                     }
                     lines.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let mut proxy = Proxy {
             child,
@@ -115,6 +134,8 @@ impl ProxyCmd {
             addrs: BTreeMap::new(),
             admin: None,
             unix: BTreeMap::new(),
+            expected_warnings: self.expected_warnings.clone(),
+            readers,
         };
         proxy.wait_for_line(
             |l| l.contains("entra-db-proxy ready"),
@@ -182,6 +203,16 @@ impl Proxy {
         self.lines().join("\n")
     }
 
+    /// The WARN/ERROR lines logged so far that no expected pattern covers. A line that is not
+    /// JSON (a panic message, say) counts when it mentions WARN, ERROR or "panicked".
+    pub fn unexpected_warnings(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|line| is_warning(line))
+            .filter(|line| !self.expected_warnings.iter().any(|p| line.contains(p)))
+            .collect()
+    }
+
     /// Waits until a logged line satisfies `pred`; panics with the log after `timeout`.
     pub fn wait_for_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
         let start = Instant::now();
@@ -190,7 +221,7 @@ impl Proxy {
                 return l;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                self.drain_readers();
                 panic!(
                     "entra-db-proxy exited ({status}) before the expected log line:\n{}",
                     self.log()
@@ -203,6 +234,17 @@ impl Proxy {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// After the process exited: lets the readers take in its last lines (the pipes close with
+    /// it; bounded, in case a child of the proxy still holds them).
+    fn drain_readers(&self) {
+        let start = Instant::now();
+        while self.readers.iter().any(|r| !r.is_finished())
+            && start.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -248,12 +290,34 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// A WARN or ERROR line of the proxy's log.
+fn is_warning(line: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) => matches!(v["level"].as_str(), Some("WARN" | "ERROR")),
+        Err(_) => ["WARN", "ERROR", "panicked"]
+            .iter()
+            .any(|w| line.contains(w)),
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("---- entra-db-proxy log ----\n{}\n----", self.log());
+            return;
+        }
+        self.drain_readers();
+        let unexpected = self.unexpected_warnings();
+        if !unexpected.is_empty() {
+            panic!(
+                "entra-db-proxy logged {} unexpected WARN/ERROR line(s) (declare the ones the test \
+                 provokes with expect_warnings):\n{}\n---- whole log ----\n{}",
+                unexpected.len(),
+                unexpected.join("\n"),
+                self.log()
+            );
         }
     }
 }
