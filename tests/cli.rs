@@ -184,7 +184,7 @@ tls = {{ server_name = "localhost" }}
         // Each listener gets its own token, and the fake Entra makes only the latest one the
         // role's password (real Entra tokens all stay valid): the first listener's login is
         // refused once and retried with a fresh token.
-        .expect_warnings(&["refused the cached token"])
+        .expect_warnings(&["the upstream refused the credential"])
         .spawn();
     for (name, db) in [("orders", "orders"), ("reports", "reports")] {
         let port = proxy.addrs[name].port();

@@ -11,7 +11,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::stack::{self, DB, ENTRA_USER, Stack, db_error};
+use crate::stack::{self, DB, ENTRA_USER, FAILED_SESSION, Stack, db_error};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -104,7 +104,12 @@ async fn hostile_startup_strings_cannot_forge_log_lines() {
     let s = Stack::start().await;
     let forged = "x\nERROR forged: level=ERROR msg=\"pwned\" \u{1b}[31m";
     for format in ["text", "json"] {
-        let mut proxy = s.proxy_sp().args(["--log-format", format]).spawn();
+        // The refusal is a failed session; the forged value shows (escaped) in debug lines.
+        let mut proxy = s
+            .proxy_sp()
+            .args(["--log-format", format])
+            .expect_warnings(&[FAILED_SESSION, "outcome=failed", "ERROR forged"])
+            .spawn();
         let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
         let database = format!("{forged} db");
         let bytes = startup(&[
@@ -144,7 +149,7 @@ async fn refusals_that_are_not_about_the_token_cost_no_entra_request() {
     };
     let s = Stack::with_pg(options, FakeAzureConfig::default()).await;
     s.pg.create_database("forbidden", ENTRA_USER).await.unwrap();
-    let proxy = s.proxy_sp().spawn();
+    let proxy = s.proxy_sp().expect_warnings(&[FAILED_SESSION]).spawn();
     stack::connect(proxy.port())
         .await
         .unwrap()

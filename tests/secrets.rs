@@ -12,7 +12,11 @@ async fn no_secret_in_a_trace_level_log() {
     let mut proxy = s
         .proxy_sp()
         .rust_log("trace")
-        .expect_warnings(&["refused the cached token", FAILED_SESSION])
+        .expect_warnings(&[
+            "the upstream refused the credential",
+            "within 10 s of fetching a new one",
+            FAILED_SESSION,
+        ])
         .spawn();
     assert_eq!(psql(proxy.port(), "select current_user").trim(), ENTRA_USER);
     // A refused token and its replacement.

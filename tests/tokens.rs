@@ -47,7 +47,7 @@ async fn rejected_token_is_replaced_transparently() {
     let s = Stack::start().await;
     let mut proxy = s
         .proxy_sp()
-        .expect_warnings(&["refused the cached token"])
+        .expect_warnings(&["the upstream refused the credential"])
         .spawn();
     assert_eq!(psql(proxy.port(), "select 1").trim(), "1");
     let before = s.azure.issued().len();
@@ -61,7 +61,7 @@ async fn rejected_token_is_replaced_transparently() {
         "exactly one fresh token"
     );
     proxy.wait_for_line(
-        |l| l.contains("refused the cached token"),
+        |l| l.contains("the upstream refused the credential"),
         Duration::from_secs(5),
     );
 }
@@ -73,7 +73,7 @@ async fn server_errors_reach_the_client_verbatim() {
     s.azure.clear_on_issue(); // tokens no longer become the role's password
     let proxy = s
         .proxy_sp()
-        .expect_warnings(&["refused the cached token", FAILED_SESSION])
+        .expect_warnings(&["the upstream refused the credential", FAILED_SESSION])
         .spawn();
     let (code, message) = stack::db_error(&stack::connect(proxy.port()).await.unwrap_err());
     assert_eq!(code, "28P01", "{message}");
