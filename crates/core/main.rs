@@ -1,24 +1,20 @@
 //! The `entra-db-proxy` binary: glue only ("not meant as a library").
 //!
 //! # Layout
-//! - [`flags`]: the command line (every option also has an `ENTRA_DB_PROXY_*` variable).
-//! - [`config`]: one validated [`config::Config`] from the TOML file, the flags and Service
-//!   Connector's environment variables.
-//! - [`service_connector`]: reading `AZURE_POSTGRESQL_*` the way Azure's Service Connector sets them.
+//! - [`config`]: one validated [`config::Config`] from the TOML file, the flags (every option
+//!   also has an `ENTRA_DB_PROXY_*` variable) and Service Connector's environment variables.
 //! - [`app`]: builds credentials and listeners from the config and runs them until a signal.
 
 mod app;
 mod config;
-mod flags;
 mod logging;
-mod service_connector;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let flags = flags::Flags::parse();
+    let flags = config::Flags::parse();
     if let Err(e) = logging::init(flags.log_format) {
         eprintln!("entra-db-proxy: {e:#}");
         return ExitCode::from(2);
@@ -44,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match flags.command {
-        Some(flags::Command::Check) => runtime.block_on(app::check(config, env)),
+        Some(config::flags::Command::Check) => runtime.block_on(app::check(config, env)),
         None => runtime.block_on(app::run(config, env)).map(|()| true),
     };
     match result {

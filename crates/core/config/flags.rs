@@ -1,9 +1,11 @@
-//! The command line. Every option can also be set through the environment variable shown in
+//! The command line (clap). Every option can also be set through the environment variable shown in
 //! `--help`; flags win over the environment, which wins over the TOML file.
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
+
+use dbproxy_credentials::CosmosKeyKind;
 
 use crate::logging::LogFormat;
 
@@ -100,7 +102,7 @@ pub struct Flags {
         value_enum,
         value_name = "MODE"
     )]
-    pub client_tls_mode: Option<crate::config::ClientTlsMode>,
+    pub client_tls_mode: Option<super::ClientTlsMode>,
 
     /// Cosmos DB for Apache Cassandra contact point, HOST[:PORT] (port 10350 by default). Overrides AZURE_COSMOS_CONTACTPOINT.
     #[arg(
@@ -132,8 +134,8 @@ pub struct Flags {
     pub cassandra_list_keys_url: Option<String>,
 
     /// Which account key: primary, secondary, readonly-primary, readonly-secondary [default: primary].
-    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_KEY", value_name = "KEY")]
-    pub cassandra_key: Option<String>,
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_KEY", value_name = "KEY", value_parser = parse_cosmos_key)]
+    pub cassandra_key: Option<CosmosKeyKind>,
 
     /// File holding the CQL password (--cassandra-password file; development only).
     #[arg(
@@ -253,8 +255,13 @@ pub enum Command {
     Check,
 }
 
-/// Where a CQL listener's password comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+fn parse_cosmos_key(s: &str) -> Result<CosmosKeyKind, String> {
+    s.parse()
+}
+
+/// Where a CQL listener's password comes from (`--cassandra-password`, the file's `password`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CassandraPasswordKind {
     /// The Cosmos DB account key, from ARM listKeys with the Entra token.
     CosmosKeys,
@@ -265,10 +272,11 @@ pub enum CassandraPasswordKind {
 }
 
 /// Where the token comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     /// Environment service principal → workload identity → managed identity → Azure CLI; the first that answers is kept.
+    #[default]
     Default,
     /// Managed identity (IMDS, or App Service / Container Apps via IDENTITY_ENDPOINT); user-assigned with --client-id, --object-id or --resource-id.
     ManagedIdentity,
