@@ -28,7 +28,7 @@ use anyhow::{Context, bail};
 use dbproxy_credentials::{CosmosKeyKind, CredentialSpec};
 use serde::Deserialize;
 
-use dbproxy_runtime::ListenAddr;
+pub use dbproxy_runtime::ListenAddr;
 
 pub use flags::Flags;
 
@@ -141,6 +141,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Close sessions idle this long.
     pub idle_timeout: Option<Duration>,
+    /// The environment the configuration was read from; the credentials read it too
+    /// (`Debug` shows variable names only).
+    pub env: EnvSnapshot,
 }
 
 /// One listener.
@@ -328,6 +331,7 @@ impl Config {
                 0,
             ))
             .filter(|d| !d.is_zero()),
+            env: env.clone(),
         })
     }
 }
