@@ -314,8 +314,8 @@ impl Proxy {
         shutdown.await;
         health.shutting_down.store(true, Ordering::SeqCst);
         tracing::info!(
-            min_shutdown_delay_s = config.min_shutdown_delay.as_secs(),
-            max_shutdown_delay_s = config.max_shutdown_delay.as_secs(),
+            min_shutdown_delay = %humantime::format_duration(config.min_shutdown_delay),
+            max_shutdown_delay = %humantime::format_duration(config.max_shutdown_delay),
             "shutting down: readiness now fails"
         );
         let mut interrupted = false;

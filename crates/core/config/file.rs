@@ -6,32 +6,40 @@
 //! `protocol`, `password` and `credential.kind` are deserialized directly). The rest is checked
 //! by [`super::listener::build`], with the listener's index as context.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use dbproxy_credentials::CosmosKeyKind;
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    ClientTlsConfig, ClientTlsMode, Protocol,
+    ClientTlsConfig, ClientTlsMode, Protocol, duration,
     flags::CassandraPasswordKind,
     listener::{CqlSettings, Credential, CredentialInput, ListenerSettings, Origin},
     service_connector::split_host_port,
 };
 
-/// The file's top level.
+/// The file's top level. Durations are TOML integers (seconds) or strings such as "30s".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub ca_file: Option<PathBuf>,
     pub imds_endpoint: Option<String>,
     pub authority_host: Option<String>,
-    pub handshake_timeout: Option<u64>,
-    pub connect_timeout: Option<u64>,
-    pub max_shutdown_delay: Option<u64>,
-    pub min_shutdown_delay: Option<u64>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub max_shutdown_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub min_shutdown_delay: Option<Duration>,
     pub admin_listen: Option<String>,
-    pub idle_timeout: Option<u64>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub unix_socket_mode: Option<String>,
     #[serde(default, rename = "listener")]

@@ -1,12 +1,13 @@
 //! The command line (clap). Every option can also be set through the environment variable shown in
 //! `--help`; flags win over the environment, which wins over the TOML file.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
 use dbproxy_credentials::CosmosKeyKind;
 
+use super::duration;
 use crate::logging::LogFormat;
 
 const ABOUT: &str = "\
@@ -210,17 +211,17 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_AUTHORITY_HOST", value_name = "URL")]
     pub authority_host: Option<String>,
 
-    /// Seconds a client has to send its startup message, and the upstream to complete a login [default: 30].
-    #[arg(long, env = "ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", value_name = "SECS")]
-    pub handshake_timeout: Option<u64>,
+    /// How long a client has to send its startup message, and the upstream to complete a login: 30s, 1m, 1m30s, or seconds as a bare number (30) [default: 30s].
+    #[arg(long, env = "ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub handshake_timeout: Option<Duration>,
 
-    /// Seconds a TCP connection to the upstream may take [default: 10].
-    #[arg(long, env = "ENTRA_DB_PROXY_CONNECT_TIMEOUT", value_name = "SECS")]
-    pub connect_timeout: Option<u64>,
+    /// How long a TCP connection to the upstream may take: 10s, 500ms, or seconds as a bare number (10) [default: 10s].
+    #[arg(long, env = "ENTRA_DB_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub connect_timeout: Option<Duration>,
 
-    /// Seconds open sessions get to finish after SIGTERM/SIGINT before they are closed [default: 30].
-    #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "SECS")]
-    pub max_shutdown_delay: Option<u64>,
+    /// How long open sessions get to finish after SIGTERM/SIGINT before they are closed: 30s, 2m, or seconds as a bare number (30) [default: 30s].
+    #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = duration::parse)]
+    pub max_shutdown_delay: Option<Duration>,
 
     /// Serve /startup, /liveness, /readiness and /metrics over HTTP on this address (off by default).
     #[arg(long, env = "ENTRA_DB_PROXY_ADMIN_LISTEN", value_name = "ADDR")]
@@ -230,13 +231,13 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Close sessions that moved no byte for this many seconds [default: 0, never].
-    #[arg(long, env = "ENTRA_DB_PROXY_IDLE_TIMEOUT", value_name = "SECS")]
-    pub idle_timeout: Option<u64>,
+    /// Close sessions that moved no byte for this long: 15m, 1h, or seconds as a bare number (900) [default: 0, never].
+    #[arg(long, env = "ENTRA_DB_PROXY_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub idle_timeout: Option<Duration>,
 
-    /// Seconds to keep accepting after SIGTERM/SIGINT (readiness fails at once), so load balancers notice [default: 0].
-    #[arg(long, env = "ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", value_name = "SECS")]
-    pub min_shutdown_delay: Option<u64>,
+    /// How long to keep accepting after SIGTERM/SIGINT (readiness fails at once), so load balancers notice: 5s, 500ms, or seconds as a bare number (5) [default: 0s].
+    #[arg(long, env = "ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = duration::parse)]
+    pub min_shutdown_delay: Option<Duration>,
 
     /// Log format; the level comes from RUST_LOG (e.g. `info`, `debug`, `entra_db_proxy=trace`).
     #[arg(long, env = "ENTRA_DB_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`flags`]: the command line (clap).
+//! - [`duration`]: `30s`, `2m`, `500ms`, or bare seconds, in flags, variables and the file.
 //! - [`file`]: the TOML file (serde types).
 //! - [`service_connector`]: the variables Azure Service Connector sets.
 //! - [`from_flags`]: flags laid over Service Connector's variables, as listener settings.
@@ -14,6 +15,7 @@
 //! - this module: the validated types and [`Config::load`], which picks the sources and the
 //!   global settings.
 
+pub mod duration;
 pub mod file;
 pub mod flags;
 pub mod from_flags;
@@ -271,8 +273,8 @@ impl Config {
                 None => Ok(None),
             }
         };
-        let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
-            Duration::from_secs(flag.or(file).unwrap_or(default))
+        let secs = |flag: Option<Duration>, file: Option<Duration>, default: u64| {
+            flag.or(file).unwrap_or(Duration::from_secs(default))
         };
         Ok(Config {
             listeners,

@@ -440,3 +440,93 @@ fn flags_override_the_file_for_every_listener() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("use one of them"), "{e:#}");
 }
+
+#[test]
+fn durations_in_the_file_and_in_flags() {
+    let listener = "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\n";
+    let p = write(
+        "durations.toml",
+        &format!(
+            "handshake_timeout = \"1m30s\"\nconnect_timeout = 5\nmax_shutdown_delay = \"45\"\nmin_shutdown_delay = \"500ms\"\nidle_timeout = \"1h\"\n{listener}"
+        ),
+    );
+    let path = p.to_str().unwrap();
+    let env = EnvSnapshot::default();
+    let c = Config::load(&flags(&["--config", path]), &env).unwrap();
+    assert_eq!(c.handshake_timeout, Duration::from_secs(90));
+    assert_eq!(
+        c.connect_timeout,
+        Duration::from_secs(5),
+        "a TOML integer is seconds"
+    );
+    assert_eq!(
+        c.max_shutdown_delay,
+        Duration::from_secs(45),
+        "so is a bare number in a string"
+    );
+    assert_eq!(c.min_shutdown_delay, Duration::from_millis(500));
+    assert_eq!(c.idle_timeout, Some(Duration::from_secs(3600)));
+
+    // Flags win over the file, in either form.
+    let c = Config::load(
+        &flags(&[
+            "--config",
+            path,
+            "--handshake-timeout",
+            "2m",
+            "--connect-timeout",
+            "7",
+            "--idle-timeout",
+            "0",
+        ]),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.handshake_timeout, Duration::from_secs(120));
+    assert_eq!(c.connect_timeout, Duration::from_secs(7));
+    assert_eq!(c.idle_timeout, None, "0 still means never");
+
+    // Defaults.
+    let c = Config::load(
+        &flags(&["--postgres-upstream", "h", "--postgres-user", "u"]),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.handshake_timeout,
+            c.connect_timeout,
+            c.max_shutdown_delay,
+            c.min_shutdown_delay,
+            c.idle_timeout
+        ),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+            Duration::ZERO,
+            None
+        )
+    );
+
+    // Errors name the file, the key, and show an example.
+    let e = file_error(
+        "bad-duration.toml",
+        &format!("connect_timeout = \"10 parsecs\"\n{listener}"),
+    );
+    assert!(
+        e.contains("bad-duration.toml") && e.contains("connect_timeout") && e.contains("30s"),
+        "{e}"
+    );
+    let e = file_error(
+        "neg-duration.toml",
+        &format!("idle_timeout = -1\n{listener}"),
+    );
+    assert!(e.contains("idle_timeout") && e.contains("30s"), "{e}");
+    let e = Flags::try_parse_from(["entra-db-proxy", "--max-shutdown-delay", "soon"]).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("--max-shutdown-delay") && e.contains("30s") && e.contains("\"soon\""),
+        "{e}"
+    );
+}
