@@ -219,62 +219,7 @@ impl Proxy {
     /// reports ready. An address in use, or any other start-up error, is returned before
     /// anything is ready.
     pub async fn start(config: Config) -> anyhow::Result<Proxy> {
-        dbproxy_tls::install_crypto_provider();
-        let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::default());
-        let prepared = prepare(&config, config.env.clone(), &metrics)?;
-
-        let shutdown = Shutdown::default();
-        let mut listen_addrs = Vec::new();
-        for (p, l) in prepared.iter().zip(&config.listeners) {
-            let status: StatusFn = {
-                let password = p.password();
-                Arc::new(move || password.status())
-            };
-            metrics.credential(&l.name, status.clone());
-            health.add_credential(&l.name, status);
-            let addr = match p {
-                Prepared::Postgres(s) => {
-                    bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
-                }
-                Prepared::Cassandra(s) => {
-                    bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
-                }
-            };
-            tracing::info!(
-                listener = %l.name,
-                protocol = l.protocol.as_str(),
-                addr = %addr,
-                upstream = %p.upstream(),
-                user = %l.user,
-                credential = %p.password().describe(),
-                max_connections = l.max_connections,
-                "listening"
-            );
-            if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
-                tracing::warn!(listener = %l.name, addr = %addr, "listening beyond loopback: anyone who can reach this address uses the database as {}", l.user);
-            }
-            listen_addrs.push((l.name.clone(), addr));
-        }
-        health.listening.store(true, Ordering::SeqCst);
-        let mut admin = None;
-        if let Some(addr) = config.admin_listen {
-            let server = AdminServer::bind(addr, health.clone(), metrics.clone())
-                .await
-                .with_context(|| format!("admin server: cannot listen on {addr}"))?;
-            let local = server.local_addr()?;
-            tracing::info!(addr = %local, "admin server listening (/startup /liveness /readiness /metrics)");
-            let task = tokio::spawn(server.run());
-            admin = Some((local, task));
-        }
-        tracing::info!(listeners = config.listeners.len(), "entra-db-proxy ready");
-        Ok(Proxy {
-            config,
-            health,
-            shutdown,
-            listen_addrs,
-            admin,
-        })
+        start(config).await
     }
 
     /// Each listener's name and bound address (port 0 resolved), in configuration order.
@@ -287,62 +232,142 @@ impl Proxy {
         self.admin.as_ref().map(|(a, _)| *a)
     }
 
-    /// Serves until `shutdown` resolves, then shuts down gracefully (see the module docs)
-    /// and returns.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.run_until_or_abort(shutdown, std::future::pending())
-            .await
+    /// Serves until `stop` resolves, then shuts down gracefully (see the module docs) and
+    /// returns.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_until_or_abort(stop, std::future::pending()).await
     }
 
     /// Like [`Proxy::run_until`]; `abort` resolving during the shutdown delays skips the rest
     /// of the waiting (the binary passes a second signal).
     pub async fn run_until_or_abort(
         self,
-        shutdown: impl Future<Output = ()>,
+        stop: impl Future<Output = ()>,
         abort: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let Proxy {
-            config,
-            health,
-            shutdown: sessions,
-            admin,
-            ..
-        } = self;
         // Whatever way this returns, the admin server stops with it.
-        let _admin = admin.map(|(_, task)| AbortOnDrop(task));
-        tokio::pin!(abort);
-        shutdown.await;
-        health.shutting_down.store(true, Ordering::SeqCst);
-        tracing::info!(
-            min_shutdown_delay = %humantime::format_duration(config.min_shutdown_delay),
-            max_shutdown_delay = %humantime::format_duration(config.max_shutdown_delay),
-            "shutting down: readiness now fails"
-        );
-        let mut interrupted = false;
-        if !config.min_shutdown_delay.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(config.min_shutdown_delay) => {}
-                _ = &mut abort => { tracing::warn!("shutdown aborted; exiting now"); interrupted = true; }
-            }
-        }
-        sessions.stop_accepting.cancel();
-        sessions.sessions.close();
-        if interrupted {
-            return Ok(());
-        }
-        tracing::info!(
-            open = sessions.sessions.len(),
-            "no new connections; waiting for open sessions"
-        );
-        tokio::select! {
-            _ = sessions.sessions.wait() => tracing::info!("all sessions finished"),
-            _ = tokio::time::sleep(config.max_shutdown_delay) => {
-                tracing::warn!(open = sessions.sessions.len(), "max shutdown delay reached; closing open sessions")
-            }
-            _ = &mut abort => tracing::warn!("shutdown aborted; exiting now"),
-        }
-        Ok(())
+        let _admin = self.admin.map(|(_, task)| AbortOnDrop(task));
+        shut_down(self.config, self.health, self.shutdown, stop, abort).await
     }
+}
+
+/// Runs the proxy until `stop` resolves, then shuts down gracefully: readiness fails at once,
+/// listeners keep accepting for `min_shutdown_delay`, then stop, and open sessions get up to
+/// `max_shutdown_delay` to finish. `Proxy::start(config)` then `run_until(stop)`.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Proxy::start(config).await?.run_until(stop).await
+}
+
+/// [`run`] with [`Proxy::run_until_or_abort`]'s `abort`.
+pub async fn run_with_abort(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Proxy::start(config)
+        .await?
+        .run_until_or_abort(stop, abort)
+        .await
+}
+
+async fn start(config: Config) -> anyhow::Result<Proxy> {
+    dbproxy_tls::install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let prepared = prepare(&config, config.env.clone(), &metrics)?;
+
+    let shutdown = Shutdown::default();
+    let mut listen_addrs = Vec::new();
+    for (p, l) in prepared.iter().zip(&config.listeners) {
+        let status: StatusFn = {
+            let password = p.password();
+            Arc::new(move || password.status())
+        };
+        metrics.credential(&l.name, status.clone());
+        health.add_credential(&l.name, status);
+        let addr = match p {
+            Prepared::Postgres(s) => {
+                bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
+            }
+            Prepared::Cassandra(s) => {
+                bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
+            }
+        };
+        tracing::info!(
+            listener = %l.name,
+            protocol = l.protocol.as_str(),
+            addr = %addr,
+            upstream = %p.upstream(),
+            user = %l.user,
+            credential = %p.password().describe(),
+            max_connections = l.max_connections,
+            "listening"
+        );
+        if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
+            tracing::warn!(listener = %l.name, addr = %addr, "listening beyond loopback: anyone who can reach this address uses the database as {}", l.user);
+        }
+        listen_addrs.push((l.name.clone(), addr));
+    }
+    health.listening.store(true, Ordering::SeqCst);
+    let mut admin_task = None;
+    if let Some(addr) = config.admin_listen {
+        let admin = AdminServer::bind(addr, health.clone(), metrics.clone())
+            .await
+            .with_context(|| format!("admin server: cannot listen on {addr}"))?;
+        let local = admin.local_addr()?;
+        tracing::info!(addr = %local, "admin server listening (/startup /liveness /readiness /metrics)");
+        admin_task = Some((local, tokio::spawn(admin.run())));
+    }
+    tracing::info!(listeners = config.listeners.len(), "entra-db-proxy ready");
+    Ok(Proxy {
+        config,
+        health,
+        shutdown,
+        listen_addrs,
+        admin: admin_task,
+    })
+}
+
+/// The shutdown sequence, from `stop` on.
+async fn shut_down(
+    config: Config,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    stop: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(abort);
+    stop.await;
+    health.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!(
+        min_shutdown_delay = %humantime::format_duration(config.min_shutdown_delay),
+        max_shutdown_delay = %humantime::format_duration(config.max_shutdown_delay),
+        "shutting down: readiness now fails"
+    );
+    let mut interrupted = false;
+    if !config.min_shutdown_delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(config.min_shutdown_delay) => {}
+            _ = &mut abort => { tracing::warn!("shutdown aborted; exiting now"); interrupted = true; }
+        }
+    }
+    shutdown.stop_accepting.cancel();
+    shutdown.sessions.close();
+    if interrupted {
+        return Ok(());
+    }
+    tracing::info!(
+        open = shutdown.sessions.len(),
+        "no new connections; waiting for open sessions"
+    );
+    tokio::select! {
+        _ = shutdown.sessions.wait() => tracing::info!("all sessions finished"),
+        _ = tokio::time::sleep(config.max_shutdown_delay) => {
+            tracing::warn!(open = shutdown.sessions.len(), "max shutdown delay reached; closing open sessions")
+        }
+        _ = &mut abort => tracing::warn!("shutdown aborted; exiting now"),
+    }
+    Ok(())
 }
 
 /// Aborts a task when dropped.
@@ -352,25 +377,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Runs the proxy until `shutdown` resolves, then shuts down gracefully: readiness fails at
-/// once, listeners keep accepting for `min_shutdown_delay`, then stop, and open sessions get up
-/// to `max_shutdown_delay` to finish. `Proxy::start(config)` then `run_until(shutdown)`.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    Proxy::start(config).await?.run_until(shutdown).await
-}
-
-/// [`run`] with [`Proxy::run_until_or_abort`]'s `abort`.
-pub async fn run_with_abort(
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-    abort: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    Proxy::start(config)
-        .await?
-        .run_until_or_abort(shutdown, abort)
-        .await
 }
 
 /// Binds a listener and starts accepting (every listener is bound before the proxy reports
