@@ -72,6 +72,10 @@ fn postgres(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<ListenerS
 
 /// `--cassandra-*` over `AZURE_COSMOS_*`.
 fn cassandra(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<ListenerSettings>> {
+    if flags.cassandra_upstream.is_none() && env.get("AZURE_COSMOS_CONTACTPOINT").is_none() {
+        // No CQL listener: the other AZURE_COSMOS_* variables are not even read.
+        return Ok(None);
+    }
     let sc = service_connector::cosmos_target(env)?;
     let (host, port) = match &flags.cassandra_upstream {
         Some(u) => split_host_port(u)
