@@ -236,3 +236,46 @@ async fn sigterm_lets_running_queries_finish() {
         proxy.log()
     );
 }
+
+/// Durations from `ENTRA_DB_PROXY_*` take the same forms as flags (`1m30s`, `500ms`, or bare
+/// seconds), and a bad one names the option and shows an example; `--help` shows both forms.
+#[test]
+fn durations_from_variables() {
+    let (code, out) = ProxyCmd::new()
+        .env("ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", "1m30s")
+        .env("ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", "500ms")
+        .env("ENTRA_DB_PROXY_CONNECT_TIMEOUT", "10")
+        .run_to_end();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("nothing to serve"),
+        "the durations were accepted: {out}"
+    );
+
+    let (code, out) = ProxyCmd::new()
+        .env("ENTRA_DB_PROXY_CONNECT_TIMEOUT", "soon")
+        .run_to_end();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("--connect-timeout") && out.contains("30s") && out.contains("soon"),
+        "{out}"
+    );
+
+    let (_, help) = ProxyCmd::new().arg("--help").run_to_end();
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for flag in [
+        "--handshake-timeout",
+        "--connect-timeout",
+        "--max-shutdown-delay",
+        "--min-shutdown-delay",
+        "--idle-timeout",
+    ] {
+        let text = &help[help.find(&format!("{flag} <DURATION>")).unwrap()..];
+        let text = &text[..text.find("[default").unwrap()];
+        assert!(
+            (text.contains("s,") || text.contains("m,"))
+                && text.contains("seconds as a bare number"),
+            "{flag}: {text}"
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! Integration tests: the real `entra-db-proxy` binary against a real PostgreSQL (TLS on,
+//! Integration tests: the real `entra-db-proxy` binary (and, in `in_process.rs`, the library) against a real PostgreSQL (TLS on,
 //! `password` authentication like Azure, plus SCRAM and MD5 variants) and fakes of Azure's
 //! identity endpoints, driven by the clients people run (psql, pgbench, psycopg2,
 //! tokio-postgres). See `util.rs` for how the binary is run and `stack.rs` for the fixture.
@@ -20,6 +20,8 @@ mod credentials;
 mod failures;
 /// Hostile clients: pipelining, garbage, log forgery, refusals in a loop.
 mod hostile;
+/// The proxy as a library, in process, stopped by a future.
+mod in_process;
 /// Probes, metrics, connection cap, `check`, idle timeout, shutdown.
 mod ops;
 /// No secret in a full trace-level log.

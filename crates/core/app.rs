@@ -1,23 +1,27 @@
 //! Start-up, shutdown, and `check`: turns a [`Config`] into running listeners.
 //!
-//! Start-up, in order:
-//! 1. Signal handlers are installed before anything is spawned.
-//! 2. Outbound trust (OS roots, SSL_CERT_FILE/SSL_CERT_DIR, CA files) and the HTTP client for
+//! Start-up ([`Proxy::start`]), in order:
+//! 1. Outbound trust (OS roots, SSL_CERT_FILE/SSL_CERT_DIR, CA files) and the HTTP client for
 //!    Entra ID are built once.
-//! 3. Each listener gets a credential and a token cache whose refresher starts at once, so the
+//! 2. Each listener gets a credential and a token cache whose refresher starts at once, so the
 //!    first token is usually there before the first client.
-//! 4. Listeners are bound one after the other (TCP or Unix sockets); an address in use stops
+//! 3. Listeners are bound one after the other (TCP or Unix sockets); an address in use stops
 //!    start-up with an error before the proxy reports ready.
 //!    The admin server (if any) starts last; `/startup` turns 200 once credentials are in.
 //!
-//! Shutdown, on SIGTERM/SIGINT:
+//! Shutdown, when the future given to [`Proxy::run_until`] resolves (the binary's: the first
+//! SIGTERM/SIGINT; only the binary listens to signals):
 //! 1. `/readiness` fails at once; listeners keep accepting for `min_shutdown_delay` so load
 //!    balancers notice.
 //! 2. Listeners stop accepting; open sessions get up to `max_shutdown_delay` to finish.
-//! 3. Return (exit 0); dropping the runtime closes whatever is left. A second signal skips the
-//!    waiting.
+//! 3. Return (the binary exits 0); the admin server stops; dropping the runtime closes
+//!    whatever is left (sessions past the delay, credential refreshers). An `abort` future
+//!    (the binary's: a second signal) skips the waiting.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use anyhow::Context;
 use dbproxy_cassandra::{PreparedStatements, SupportedOptions, Topology};
@@ -200,14 +204,80 @@ fn upstream(l: &ListenerConfig, config: &Config, trust: &Trust) -> anyhow::Resul
     })
 }
 
-/// Runs the proxy until a shutdown signal.
-pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
-    let mut signals = signals().context("cannot install signal handlers")?;
+/// A proxy whose listeners are bound and accepting (and whose admin server, if any, is
+/// serving): what [`Proxy::start`] returns, before [`Proxy::run_until`] waits for shutdown.
+pub struct Proxy {
+    config: Config,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    listen_addrs: Vec<(String, ListenAddr)>,
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+}
+
+impl Proxy {
+    /// Builds credentials and services, binds every listener and the admin server, and
+    /// reports ready. An address in use, or any other start-up error, is returned before
+    /// anything is ready.
+    pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+        start(config).await
+    }
+
+    /// Each listener's name and bound address (port 0 resolved), in configuration order.
+    pub fn listen_addrs(&self) -> &[(String, ListenAddr)] {
+        &self.listen_addrs
+    }
+
+    /// The admin server's bound address, if it was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Serves until `stop` resolves, then shuts down gracefully (see the module docs) and
+    /// returns.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_until_or_abort(stop, std::future::pending()).await
+    }
+
+    /// Like [`Proxy::run_until`]; `abort` resolving during the shutdown delays skips the rest
+    /// of the waiting (the binary passes a second signal).
+    pub async fn run_until_or_abort(
+        self,
+        stop: impl Future<Output = ()>,
+        abort: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        // Whatever way this returns, the admin server stops with it.
+        let _admin = self.admin.map(|(_, task)| AbortOnDrop(task));
+        shut_down(self.config, self.health, self.shutdown, stop, abort).await
+    }
+}
+
+/// Runs the proxy until `stop` resolves, then shuts down gracefully: readiness fails at once,
+/// listeners keep accepting for `min_shutdown_delay`, then stop, and open sessions get up to
+/// `max_shutdown_delay` to finish. `Proxy::start(config)` then `run_until(stop)`.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Proxy::start(config).await?.run_until(stop).await
+}
+
+/// [`run`] with [`Proxy::run_until_or_abort`]'s `abort`.
+pub async fn run_with_abort(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Proxy::start(config)
+        .await?
+        .run_until_or_abort(stop, abort)
+        .await
+}
+
+async fn start(config: Config) -> anyhow::Result<Proxy> {
+    dbproxy_tls::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let prepared = prepare(&config, env, &metrics)?;
+    let prepared = prepare(&config, config.env.clone(), &metrics)?;
 
     let shutdown = Shutdown::default();
+    let mut listen_addrs = Vec::new();
     for (p, l) in prepared.iter().zip(&config.listeners) {
         let status: StatusFn = {
             let password = p.password();
@@ -236,30 +306,49 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
         if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
             tracing::warn!(listener = %l.name, addr = %addr, "listening beyond loopback: anyone who can reach this address uses the database as {}", l.user);
         }
+        listen_addrs.push((l.name.clone(), addr));
     }
     health.listening.store(true, Ordering::SeqCst);
+    let mut admin_task = None;
     if let Some(addr) = config.admin_listen {
         let admin = AdminServer::bind(addr, health.clone(), metrics.clone())
             .await
             .with_context(|| format!("admin server: cannot listen on {addr}"))?;
-        tracing::info!(addr = %admin.local_addr()?, "admin server listening (/startup /liveness /readiness /metrics)");
-        tokio::spawn(admin.run());
+        let local = admin.local_addr()?;
+        tracing::info!(addr = %local, "admin server listening (/startup /liveness /readiness /metrics)");
+        admin_task = Some((local, tokio::spawn(admin.run())));
     }
     tracing::info!(listeners = config.listeners.len(), "entra-db-proxy ready");
+    Ok(Proxy {
+        config,
+        health,
+        shutdown,
+        listen_addrs,
+        admin: admin_task,
+    })
+}
 
-    let first = signals.recv().await;
+/// The shutdown sequence, from `stop` on.
+async fn shut_down(
+    config: Config,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    stop: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(abort);
+    stop.await;
     health.shutting_down.store(true, Ordering::SeqCst);
     tracing::info!(
-        signal = first,
-        min_shutdown_delay_s = config.min_shutdown_delay.as_secs(),
-        max_shutdown_delay_s = config.max_shutdown_delay.as_secs(),
+        min_shutdown_delay = %humantime::format_duration(config.min_shutdown_delay),
+        max_shutdown_delay = %humantime::format_duration(config.max_shutdown_delay),
         "shutting down: readiness now fails"
     );
     let mut interrupted = false;
     if !config.min_shutdown_delay.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(config.min_shutdown_delay) => {}
-            s = signals.recv() => { tracing::warn!(signal = s, "second signal; exiting now"); interrupted = true; }
+            _ = &mut abort => { tracing::warn!("shutdown aborted; exiting now"); interrupted = true; }
         }
     }
     shutdown.stop_accepting.cancel();
@@ -276,9 +365,18 @@ pub async fn run(config: Config, env: EnvSnapshot) -> anyhow::Result<()> {
         _ = tokio::time::sleep(config.max_shutdown_delay) => {
             tracing::warn!(open = shutdown.sessions.len(), "max shutdown delay reached; closing open sessions")
         }
-        s = signals.recv() => tracing::warn!(signal = s, "second signal; exiting now"),
+        _ = &mut abort => tracing::warn!("shutdown aborted; exiting now"),
     }
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Binds a listener and starts accepting (every listener is bound before the proxy reports
@@ -301,9 +399,10 @@ async fn bind<S: Service>(
 
 /// `entra-db-proxy check`: one credential acquisition and one upstream login per listener.
 /// Prints a table to stdout; `Ok(false)` if any failed.
-pub async fn check(config: Config, env: EnvSnapshot) -> anyhow::Result<bool> {
+pub async fn check(config: Config) -> anyhow::Result<bool> {
+    dbproxy_tls::install_crypto_provider();
     let metrics = Metrics::new();
-    let prepared = prepare(&config, env, &metrics)?;
+    let prepared = prepare(&config, config.env.clone(), &metrics)?;
     let mut rows = Vec::new();
     let mut all_ok = true;
     for (p, l) in prepared.iter().zip(&config.listeners) {
@@ -349,24 +448,4 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
-}
-
-/// A stream of signal names (SIGTERM, SIGINT).
-fn signals() -> std::io::Result<tokio::sync::mpsc::Receiver<&'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            if tx.send(name).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
 }

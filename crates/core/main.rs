@@ -1,31 +1,22 @@
-//! The `entra-db-proxy` binary: glue only ("not meant as a library").
-//!
-//! # Layout
-//! - [`flags`]: the command line (every option also has an `ENTRA_DB_PROXY_*` variable).
-//! - [`config`]: one validated [`config::Config`] from the TOML file, the flags and Service
-//!   Connector's environment variables.
-//! - [`service_connector`]: reading `AZURE_POSTGRESQL_*` the way Azure's Service Connector sets them.
-//! - [`app`]: builds credentials and listeners from the config and runs them until a signal.
-
-mod app;
-mod config;
-mod flags;
-mod logging;
-mod service_connector;
+//! The `entra-db-proxy` binary: glue around the library (see `lib.rs`). It parses the
+//! command line, installs logging, loads the configuration, and is the only place that listens
+//! to signals: the first SIGTERM/SIGINT starts the graceful shutdown, a second one skips its
+//! waiting.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use entra_db_proxy::{Config, EnvSnapshot, Flags, config::flags::Command, logging};
 
 fn main() -> ExitCode {
-    let flags = flags::Flags::parse();
+    let flags = Flags::parse();
     if let Err(e) = logging::init(flags.log_format) {
         eprintln!("entra-db-proxy: {e:#}");
         return ExitCode::from(2);
     }
     dbproxy_tls::install_crypto_provider();
-    let env = config::EnvSnapshot::from_process();
-    let config = match config::Config::load(&flags, &env) {
+    let config = match Config::load(&flags, &EnvSnapshot::from_process()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("invalid configuration: {e:#}");
@@ -44,8 +35,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match flags.command {
-        Some(flags::Command::Check) => runtime.block_on(app::check(config, env)),
-        None => runtime.block_on(app::run(config, env)).map(|()| true),
+        Some(Command::Check) => runtime.block_on(entra_db_proxy::check(config)),
+        None => runtime.block_on(serve(config)).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -56,4 +47,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the proxy with the signals as its shutdown (installed before anything starts, so a
+/// signal during start-up is not lost).
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install signal handlers")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install signal handlers")?;
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        for (n, tx) in [first_tx, second_tx].into_iter().enumerate() {
+            let signal = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            match n {
+                0 => tracing::info!(signal, "signal received"),
+                _ => tracing::warn!(signal, "second signal; exiting now"),
+            }
+            let _ = tx.send(());
+        }
+    });
+    let first = async {
+        let _ = first.await;
+    };
+    let second = async {
+        let _ = second.await;
+    };
+    entra_db_proxy::run_with_abort(config, first, second).await
 }

@@ -1,4 +1,7 @@
-//! Azure Service Connector's PostgreSQL variables.
+//! Azure Service Connector's variables: the lowest-precedence source of the flags-mode
+//! listeners (see [`super::from_flags`], which lays the flags over what is read here).
+//!
+//! # PostgreSQL
 //!
 //! Service Connector injects the server's coordinates in one of these forms (the form depends
 //! on the client type chosen when the connection was created):
@@ -12,10 +15,80 @@
 //!
 //! The identity comes from `AZURE_POSTGRESQL_CLIENTID` (user-assigned managed identity) or, with
 //! `AZURE_POSTGRESQL_CLIENTSECRET` and `AZURE_POSTGRESQL_TENANTID`, a service principal.
+//!
+//! # Cosmos DB for Apache Cassandra
+//!
+//! `AZURE_COSMOS_CONTACTPOINT` (host), `AZURE_COSMOS_PORT`, `AZURE_COSMOS_USERNAME` (the
+//! account), `AZURE_COSMOS_LISTKEYURL` (ARM listKeys), `AZURE_COSMOS_SCOPE`; the identity from
+//! `AZURE_COSMOS_CLIENTID`, `_CLIENTSECRET`, `_TENANTID` as for PostgreSQL.
 
 use anyhow::{Context, bail};
+use dbproxy_credentials::{CredentialSpec, Secret, UserAssignedId};
 
-use crate::config::EnvSnapshot;
+use super::EnvSnapshot;
+
+/// What Service Connector told us about a Cosmos DB for Apache Cassandra account.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CosmosTarget {
+    /// `AZURE_COSMOS_CONTACTPOINT`: host, and port if it names one.
+    pub contact_point: Option<(String, Option<u16>)>,
+    /// `AZURE_COSMOS_PORT`.
+    pub port: Option<u16>,
+    /// CQL user (the account name).
+    pub user: Option<String>,
+    /// ARM listKeys URL.
+    pub list_keys_url: Option<String>,
+    /// Token scope.
+    pub scope: Option<String>,
+}
+
+/// Reads the `AZURE_COSMOS_*` variables (all optional).
+pub fn cosmos_target(env: &EnvSnapshot) -> anyhow::Result<CosmosTarget> {
+    let contact_point = match env.get("AZURE_COSMOS_CONTACTPOINT") {
+        Some(h) => Some(split_host_port(h).with_context(|| {
+            format!("AZURE_COSMOS_CONTACTPOINT: expected a host name, got {h:?}")
+        })?),
+        None => None,
+    };
+    let port =
+        match env.get("AZURE_COSMOS_PORT") {
+            Some(p) => Some(p.trim().parse().with_context(|| {
+                format!("AZURE_COSMOS_PORT: expected a port number, got {p:?}")
+            })?),
+            None => None,
+        };
+    let var = |name: &str| env.get(name).map(str::to_owned);
+    Ok(CosmosTarget {
+        contact_point,
+        port,
+        user: var("AZURE_COSMOS_USERNAME"),
+        list_keys_url: var("AZURE_COSMOS_LISTKEYURL"),
+        scope: var("AZURE_COSMOS_SCOPE"),
+    })
+}
+
+/// The identity Service Connector configured (`prefix` AZURE_POSTGRESQL or AZURE_COSMOS):
+/// `<prefix>_CLIENTID` alone is a user-assigned managed identity; with `_CLIENTSECRET` and
+/// `_TENANTID`, a service principal. `None` when `_CLIENTID` is not set.
+pub fn credential(prefix: &str, env: &EnvSnapshot) -> anyhow::Result<Option<CredentialSpec>> {
+    let client_id = env.get(&format!("{prefix}_CLIENTID"));
+    let secret = env.get(&format!("{prefix}_CLIENTSECRET"));
+    let tenant = env.get(&format!("{prefix}_TENANTID"));
+    Ok(match (client_id, secret, tenant) {
+        (Some(id), Some(secret), Some(tenant)) => Some(CredentialSpec::ClientSecret {
+            tenant_id: tenant.to_owned(),
+            client_id: id.to_owned(),
+            secret: Secret::new(secret),
+        }),
+        (Some(_), Some(_), None) => bail!(
+            "{prefix}_CLIENTSECRET is set but {prefix}_TENANTID is not: a service principal needs both"
+        ),
+        (Some(id), None, _) => Some(CredentialSpec::ManagedIdentity {
+            id: Some(UserAssignedId::ClientId(id.to_owned())),
+        }),
+        (None, _, _) => None,
+    })
+}
 
 /// What Service Connector told us about the server.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

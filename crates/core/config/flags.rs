@@ -1,10 +1,13 @@
-//! The command line. Every option can also be set through the environment variable shown in
+//! The command line (clap). Every option can also be set through the environment variable shown in
 //! `--help`; flags win over the environment, which wins over the TOML file.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use dbproxy_credentials::CosmosKeyKind;
+
+use super::duration;
 use crate::logging::LogFormat;
 
 const ABOUT: &str = "\
@@ -100,7 +103,7 @@ pub struct Flags {
         value_enum,
         value_name = "MODE"
     )]
-    pub client_tls_mode: Option<crate::config::ClientTlsMode>,
+    pub client_tls_mode: Option<super::ClientTlsMode>,
 
     /// Cosmos DB for Apache Cassandra contact point, HOST[:PORT] (port 10350 by default). Overrides AZURE_COSMOS_CONTACTPOINT.
     #[arg(
@@ -132,8 +135,8 @@ pub struct Flags {
     pub cassandra_list_keys_url: Option<String>,
 
     /// Which account key: primary, secondary, readonly-primary, readonly-secondary [default: primary].
-    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_KEY", value_name = "KEY")]
-    pub cassandra_key: Option<String>,
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_KEY", value_name = "KEY", value_parser = parse_cosmos_key)]
+    pub cassandra_key: Option<CosmosKeyKind>,
 
     /// File holding the CQL password (--cassandra-password file; development only).
     #[arg(
@@ -208,17 +211,17 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_AUTHORITY_HOST", value_name = "URL")]
     pub authority_host: Option<String>,
 
-    /// Seconds a client has to send its startup message, and the upstream to complete a login [default: 30].
-    #[arg(long, env = "ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", value_name = "SECS")]
-    pub handshake_timeout: Option<u64>,
+    /// How long a client has to send its startup message, and the upstream to complete a login: 30s, 1m, 1m30s, or seconds as a bare number (30) [default: 30s].
+    #[arg(long, env = "ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub handshake_timeout: Option<Duration>,
 
-    /// Seconds a TCP connection to the upstream may take [default: 10].
-    #[arg(long, env = "ENTRA_DB_PROXY_CONNECT_TIMEOUT", value_name = "SECS")]
-    pub connect_timeout: Option<u64>,
+    /// How long a TCP connection to the upstream may take: 10s, 500ms, or seconds as a bare number (10) [default: 10s].
+    #[arg(long, env = "ENTRA_DB_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub connect_timeout: Option<Duration>,
 
-    /// Seconds open sessions get to finish after SIGTERM/SIGINT before they are closed [default: 30].
-    #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "SECS")]
-    pub max_shutdown_delay: Option<u64>,
+    /// How long open sessions get to finish after SIGTERM/SIGINT before they are closed: 30s, 2m, or seconds as a bare number (30) [default: 30s].
+    #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = duration::parse)]
+    pub max_shutdown_delay: Option<Duration>,
 
     /// Serve /startup, /liveness, /readiness and /metrics over HTTP on this address (off by default).
     #[arg(long, env = "ENTRA_DB_PROXY_ADMIN_LISTEN", value_name = "ADDR")]
@@ -228,13 +231,13 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Close sessions that moved no byte for this many seconds [default: 0, never].
-    #[arg(long, env = "ENTRA_DB_PROXY_IDLE_TIMEOUT", value_name = "SECS")]
-    pub idle_timeout: Option<u64>,
+    /// Close sessions that moved no byte for this long: 15m, 1h, or seconds as a bare number (900) [default: 0, never].
+    #[arg(long, env = "ENTRA_DB_PROXY_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub idle_timeout: Option<Duration>,
 
-    /// Seconds to keep accepting after SIGTERM/SIGINT (readiness fails at once), so load balancers notice [default: 0].
-    #[arg(long, env = "ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", value_name = "SECS")]
-    pub min_shutdown_delay: Option<u64>,
+    /// How long to keep accepting after SIGTERM/SIGINT (readiness fails at once), so load balancers notice: 5s, 500ms, or seconds as a bare number (5) [default: 0s].
+    #[arg(long, env = "ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = duration::parse)]
+    pub min_shutdown_delay: Option<Duration>,
 
     /// Log format; the level comes from RUST_LOG (e.g. `info`, `debug`, `entra_db_proxy=trace`).
     #[arg(long, env = "ENTRA_DB_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -253,8 +256,13 @@ pub enum Command {
     Check,
 }
 
-/// Where a CQL listener's password comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+fn parse_cosmos_key(s: &str) -> Result<CosmosKeyKind, String> {
+    s.parse()
+}
+
+/// Where a CQL listener's password comes from (`--cassandra-password`, the file's `password`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CassandraPasswordKind {
     /// The Cosmos DB account key, from ARM listKeys with the Entra token.
     CosmosKeys,
@@ -265,10 +273,11 @@ pub enum CassandraPasswordKind {
 }
 
 /// Where the token comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     /// Environment service principal → workload identity → managed identity → Azure CLI; the first that answers is kept.
+    #[default]
     Default,
     /// Managed identity (IMDS, or App Service / Container Apps via IDENTITY_ENDPOINT); user-assigned with --client-id, --object-id or --resource-id.
     ManagedIdentity,

@@ -1,0 +1,154 @@
+//! The TOML file (`--config FILE`, see `proxy.toml.example`): serde types that mirror its keys,
+//! and their translation into [`ListenerSettings`].
+//!
+//! Everything that can be checked by type is checked by serde while reading, so a wrong value
+//! or an unknown key is reported by `toml` with the file, the line and the key (enums such as
+//! `protocol`, `password` and `credential.kind` are deserialized directly). The rest is checked
+//! by [`super::listener::build`], with the listener's index as context.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use dbproxy_credentials::CosmosKeyKind;
+use serde::{Deserialize, Deserializer};
+
+use super::{
+    ClientTlsConfig, ClientTlsMode, Protocol, duration,
+    flags::CassandraPasswordKind,
+    listener::{CqlSettings, Credential, CredentialInput, ListenerSettings, Origin},
+    service_connector::split_host_port,
+};
+
+/// The file's top level. Durations are TOML integers (seconds) or strings such as "30s".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub ca_file: Option<PathBuf>,
+    pub imds_endpoint: Option<String>,
+    pub authority_host: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub max_shutdown_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub min_shutdown_delay: Option<Duration>,
+    pub admin_listen: Option<String>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub unix_socket_mode: Option<String>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<FileListener>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    name: Option<String>,
+    protocol: Protocol,
+    listen: Option<String>,
+    upstream: String,
+    user: String,
+    database: Option<String>,
+    scope: Option<String>,
+    max_connections: Option<usize>,
+    /// cassandra: "cosmos-keys" (default), "token" or "file".
+    password: Option<CassandraPasswordKind>,
+    list_keys_url: Option<String>,
+    #[serde(default, deserialize_with = "cosmos_key")]
+    key: Option<CosmosKeyKind>,
+    password_file: Option<PathBuf>,
+    max_protocol_version: Option<u8>,
+    data_center: Option<String>,
+    compression: Option<Vec<String>>,
+    client_tls: Option<ClientTlsConfig>,
+    /// "disable" turns the self-signed TLS offer off when no client_tls is given.
+    client_tls_mode: Option<ClientTlsMode>,
+    #[serde(default)]
+    credential: CredentialInput,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+/// `key = "secondary"` etc., with [`CosmosKeyKind`]'s own spellings.
+fn cosmos_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CosmosKeyKind>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// Reads and deserializes the file; errors name the file (and `toml`'s the line and key).
+pub fn read(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+impl FileConfig {
+    /// Takes the `[[listener]]`s out as settings, each with the file's global defaults
+    /// (`max_connections`, `unix_socket_mode`) under the listener's own keys, and its index.
+    pub fn take_listeners(
+        &mut self,
+    ) -> impl Iterator<Item = (usize, anyhow::Result<ListenerSettings>)> + use<> {
+        let max_connections = self.max_connections;
+        let unix_socket_mode = self.unix_socket_mode.clone();
+        std::mem::take(&mut self.listeners)
+            .into_iter()
+            .enumerate()
+            .map(move |(i, l)| (i, l.settings(i, max_connections, unix_socket_mode.clone())))
+    }
+}
+
+impl FileListener {
+    fn settings(
+        self,
+        index: usize,
+        max_connections: Option<usize>,
+        unix_socket_mode: Option<String>,
+    ) -> anyhow::Result<ListenerSettings> {
+        let (host, port) = split_host_port(&self.upstream)
+            .with_context(|| format!("upstream: expected HOST[:PORT], got {:?}", self.upstream))?;
+        if host.is_empty() {
+            bail!("upstream: expected HOST[:PORT], got {:?}", self.upstream);
+        }
+        Ok(ListenerSettings {
+            origin: Origin::File,
+            name: self.name.unwrap_or_else(|| format!("listener{index}")),
+            protocol: self.protocol,
+            listen: self.listen,
+            unix_socket_mode,
+            upstream_host: host,
+            upstream_port: port,
+            user: self.user,
+            database: self.database,
+            credential: Credential::Input(self.credential),
+            scope: self.scope,
+            tls_ca_file: self.tls.ca_file,
+            tls_server_name: self.tls.server_name,
+            max_connections: self.max_connections.or(max_connections),
+            cql: CqlSettings {
+                password: self.password,
+                list_keys_url: self.list_keys_url,
+                key: self.key,
+                password_file: self.password_file,
+                max_protocol_version: self.max_protocol_version,
+                data_center: self.data_center,
+                compression: self.compression,
+            },
+            client_tls: self.client_tls,
+            client_tls_mode: self.client_tls_mode,
+        })
+    }
+}
