@@ -32,6 +32,42 @@ pub trait LoginMachine {
     fn receive(&mut self, buf: &mut BytesMut) -> Result<Progress<Self::Done>, Self::Error>;
 }
 
+/// Implements [`LoginMachine`] for a protocol crate's `UpstreamLogin`, whose `receive` returns
+/// its own `LoginStep` with `NeedMore` and `Send(BytesMut)` variants: the login is done at any
+/// other step, which [`drive`] returns as it is.
+macro_rules! login_machine {
+    ($machine:ty, $step:ident, $error:ty) => {
+        impl $crate::login::LoginMachine for $machine {
+            type Done = $step;
+            type Error = $error;
+
+            fn start(&mut self) -> bytes::BytesMut {
+                <$machine>::start(self)
+            }
+
+            fn receive(
+                &mut self,
+                buf: &mut bytes::BytesMut,
+            ) -> Result<$crate::login::Progress<$step>, $error> {
+                Ok(match <$machine>::receive(self, buf)? {
+                    $step::NeedMore => $crate::login::Progress::NeedMore,
+                    $step::Send(bytes) => $crate::login::Progress::Send(bytes),
+                    done => $crate::login::Progress::Done(done),
+                })
+            }
+        }
+    };
+}
+pub(crate) use login_machine;
+
+/// [`drive`] returned a step that is not an end (a bug in a [`LoginMachine`]).
+pub fn unfinished_login() -> crate::session::SessionError {
+    crate::session::SessionError::silent(
+        crate::session::CloseReason::Internal,
+        "the login machine stopped before the login was over",
+    )
+}
+
 /// Why [`drive`] could not finish a login.
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError<E: std::fmt::Display> {

@@ -265,6 +265,31 @@ where
     }
 }
 
+/// Runs `attempt` for at most `limit`; past it, the error `timed_out` builds from the message
+/// "… did not complete the login within N s".
+pub async fn bounded<T>(
+    limit: Duration,
+    who: &str,
+    attempt: impl Future<Output = Result<T, SessionError>>,
+    timed_out: impl FnOnce(String) -> SessionError,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out(format!(
+            "{who} did not complete the login within {} s",
+            limit.as_secs()
+        ))),
+    }
+}
+
+/// The password for `entra-db-proxy check`, or what went wrong getting it.
+pub async fn check_password(credential: &dyn PasswordSource) -> Result<Secret, String> {
+    credential
+        .password()
+        .await
+        .map_err(|e| format!("credential: {e}"))
+}
+
 /// The end of one login attempt with one password.
 pub enum Attempt<T> {
     /// Logged in; `T` is the logged-in upstream and whatever goes with it.

@@ -35,6 +35,7 @@ use std::{
     task::{Context as TaskContext, Poll},
     time::{Duration, Instant},
 };
+use tokio_postgres::config::SslMode;
 
 use anyhow::Context as _;
 use sha2::Digest as _;
@@ -565,6 +566,34 @@ impl PgServer {
         MakeRustlsConnect::new(self.tls.clone())
     }
 
+    /// Logs in over TCP as an app would, with `ssl_mode`; spawns the connection task.
+    async fn login<T>(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+        ssl_mode: SslMode,
+        tls: T,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host(&self.host)
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(dbname)
+            .ssl_mode(ssl_mode)
+            .connect(tls)
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
     /// Logs in over TCP + TLS (verify-full against the test CA) as an app would; the
     /// connection task is spawned. The error is tokio-postgres' (e.g. the server's FATAL).
     pub async fn connect_tls(
@@ -573,19 +602,9 @@ impl PgServer {
         password: &str,
         dbname: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host(&self.host)
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(dbname)
-            .ssl_mode(tokio_postgres::config::SslMode::Require)
-            .connect(self.tls_connector())
-            .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        let tls = self.tls_connector();
+        self.login(user, password, dbname, SslMode::Require, tls)
+            .await
     }
 
     /// Logs in over TCP without TLS (which the server rejects, like Azure).
@@ -595,19 +614,14 @@ impl PgServer {
         password: &str,
         dbname: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host(&self.host)
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(dbname)
-            .ssl_mode(tokio_postgres::config::SslMode::Disable)
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        self.login(
+            user,
+            password,
+            dbname,
+            SslMode::Disable,
+            tokio_postgres::NoTls,
+        )
+        .await
     }
 
     /// Stops the server now (immediate shutdown). Idempotent.

@@ -1,4 +1,5 @@
-//! Small process-level helpers: unique temp dirs, free ports, the `postgres` system user.
+//! Small process-level helpers: unique temp dirs, free ports, the `postgres` system user, and
+//! what the stand-in binaries share (their variables file, waiting for a stop signal).
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -130,4 +131,24 @@ impl Drop for TempDir {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Writes `vars` as `KEY='value'` lines to `path` atomically (a stand-in's variables file,
+/// sourced by scripts once it appears).
+pub fn write_env_file(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<()> {
+    let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn stop_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

@@ -16,61 +16,18 @@
 //! STARTUP's stream.
 
 use bytes::BytesMut;
-use dbproxy_cassandra::{CqlError, Frame, LoginStep, UpstreamLogin, codes};
+use dbproxy_cassandra::{CqlError, LoginStep, UpstreamLogin, codes};
 use dbproxy_credentials::Secret;
 use tokio::io::AsyncWriteExt;
 
 use super::{CassandraService, HINT_CREDENTIAL, HINT_UPSTREAM, Startup, cql_error};
 use crate::{
-    login::{DriveError, LoginMachine, Progress, drive},
+    login::{DriveError, drive, unfinished_login},
     session::{self, Attempt, CloseReason, Refusal, SessionError},
     upstream::Connector,
 };
 
-/// How a CQL login ends.
-pub enum LoginEnd {
-    /// READY or AUTH_SUCCESS.
-    Ready,
-    /// An ERROR.
-    Rejected {
-        /// The upstream's ERROR frame (stream 0).
-        error: Frame,
-        /// Its code.
-        code: i32,
-        /// Its message.
-        message: String,
-        /// Code 0x0100: another credential may succeed.
-        bad_credentials: bool,
-    },
-}
-
-impl LoginMachine for UpstreamLogin {
-    type Done = LoginEnd;
-    type Error = CqlError;
-
-    fn start(&mut self) -> BytesMut {
-        UpstreamLogin::start(self)
-    }
-
-    fn receive(&mut self, buf: &mut BytesMut) -> Result<Progress<LoginEnd>, CqlError> {
-        Ok(match UpstreamLogin::receive(self, buf)? {
-            LoginStep::NeedMore => Progress::NeedMore,
-            LoginStep::Send(bytes) => Progress::Send(bytes),
-            LoginStep::Ready => Progress::Done(LoginEnd::Ready),
-            LoginStep::Rejected {
-                error,
-                code,
-                message,
-                bad_credentials,
-            } => Progress::Done(LoginEnd::Rejected {
-                error,
-                code,
-                message,
-                bad_credentials,
-            }),
-        })
-    }
-}
+crate::login::login_machine!(UpstreamLogin, LoginStep, CqlError);
 
 /// A logged-in upstream connection.
 pub(crate) struct LoggedIn<S> {
@@ -155,8 +112,8 @@ impl<C: Connector> CassandraService<C> {
                     ),
                 })?;
             Ok(match end {
-                LoginEnd::Ready => Attempt::LoggedIn(LoggedIn { stream, login, buf }),
-                LoginEnd::Rejected {
+                LoginStep::Ready => Attempt::LoggedIn(LoggedIn { stream, login, buf }),
+                LoginStep::Rejected {
                     error,
                     code,
                     message,
@@ -170,29 +127,19 @@ impl<C: Connector> CassandraService<C> {
                         reply,
                     })
                 }
+                LoginStep::NeedMore | LoginStep::Send(_) => return Err(unfinished_login()),
             })
         };
-        tokio::time::timeout(self.handshake_timeout, attempt)
-            .await
-            .map_err(|_| {
-                upstream_err(
-                    CloseReason::UpstreamTimeout,
-                    format!(
-                        "the upstream {} did not complete the login within {} s",
-                        self.upstream,
-                        self.handshake_timeout.as_secs()
-                    ),
-                )
-            })?
+        let who = format!("the upstream {}", self.upstream);
+        session::bounded(self.handshake_timeout, &who, attempt, |message| {
+            upstream_err(CloseReason::UpstreamTimeout, message)
+        })
+        .await
     }
 
     /// `entra-db-proxy check`: acquires the password and logs in upstream once.
     pub async fn check(&self) -> Result<String, String> {
-        let password = self
-            .credential
-            .password()
-            .await
-            .map_err(|e| format!("credential: {e}"))?;
+        let password = session::check_password(self.credential.as_ref()).await?;
         let startup = own_startup(self.max_version.min(4));
         match self.attempt(&startup, password).await {
             Ok(Attempt::LoggedIn(mut up)) => {

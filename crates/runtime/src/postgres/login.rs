@@ -17,54 +17,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::{HINT_CREDENTIAL, HINT_TLS, HINT_UPSTREAM, PostgresService, fatal};
 use crate::{
-    login::{DriveError, LoginMachine, Progress, drive},
+    login::{DriveError, drive, unfinished_login},
     session::{self, Attempt, CloseReason, Refusal, SessionError},
     stream::ClientStream,
     upstream::{ConnectError, Connector},
 };
 
-/// How a PostgreSQL login ends.
-pub enum LoginEnd {
-    /// AuthenticationOk: these bytes (from it on) belong to the client.
-    Authenticated(BytesMut),
-    /// An ErrorResponse.
-    Rejected {
-        /// The server's messages, for the client verbatim.
-        to_client: BytesMut,
-        /// SQLSTATE.
-        code: String,
-        /// The server's message.
-        message: String,
-    },
-}
-
-impl LoginMachine for UpstreamLogin {
-    type Done = LoginEnd;
-    type Error = LoginError;
-
-    fn start(&mut self) -> BytesMut {
-        UpstreamLogin::start(self)
-    }
-
-    fn receive(&mut self, buf: &mut BytesMut) -> Result<Progress<LoginEnd>, LoginError> {
-        Ok(match UpstreamLogin::receive(self, buf)? {
-            LoginStep::NeedMore => Progress::NeedMore,
-            LoginStep::Send(bytes) => Progress::Send(bytes),
-            LoginStep::Authenticated { to_client } => {
-                Progress::Done(LoginEnd::Authenticated(to_client))
-            }
-            LoginStep::Rejected {
-                to_client,
-                code,
-                message,
-            } => Progress::Done(LoginEnd::Rejected {
-                to_client,
-                code,
-                message,
-            }),
-        })
-    }
-}
+crate::login::login_machine!(UpstreamLogin, LoginStep, LoginError);
 
 /// Whether a login refusal is about the token, so that a fresh token may succeed: 28P01, or
 /// 28000 with the messages Azure Database for PostgreSQL sends for a refused token ("The access
@@ -123,8 +82,8 @@ impl<C: Connector> PostgresService<C> {
                 .await
                 .map_err(|e| self.login_failed(e))?;
             Ok(match end {
-                LoginEnd::Authenticated(to_client) => Attempt::LoggedIn((upstream, to_client)),
-                LoginEnd::Rejected {
+                LoginStep::Authenticated { to_client } => Attempt::LoggedIn((upstream, to_client)),
+                LoginStep::Rejected {
                     to_client,
                     code,
                     message,
@@ -133,22 +92,19 @@ impl<C: Connector> PostgresService<C> {
                     summary: format!("{code} {message}"),
                     reply: to_client,
                 }),
+                LoginStep::NeedMore | LoginStep::Send(_) => return Err(unfinished_login()),
             })
         };
-        tokio::time::timeout(self.handshake_timeout, attempt)
-            .await
-            .map_err(|_| {
-                fatal(
-                    CloseReason::UpstreamTimeout,
-                    sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                    format!(
-                        "the database server {} did not complete the login within {} s",
-                        self.upstream,
-                        self.handshake_timeout.as_secs()
-                    ),
-                    Some(HINT_UPSTREAM),
-                )
-            })?
+        let who = format!("the database server {}", self.upstream);
+        session::bounded(self.handshake_timeout, &who, attempt, |message| {
+            fatal(
+                CloseReason::UpstreamTimeout,
+                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                message,
+                Some(HINT_UPSTREAM),
+            )
+        })
+        .await
     }
 
     /// Connects (TCP, SSLRequest, TLS), observing the connect latency.
@@ -198,11 +154,7 @@ impl<C: Connector> PostgresService<C> {
     /// `entra-db-proxy check`: acquires the credential and performs a full upstream login as
     /// a client would trigger it, then terminates the session. Returns what was verified.
     pub async fn check(&self) -> Result<String, String> {
-        let password = self
-            .credential
-            .password()
-            .await
-            .map_err(|e| format!("credential: {e}"))?;
+        let password = session::check_password(self.credential.as_ref()).await?;
         let mut startup = StartupMessage::new(dbproxy_postgres::ProtocolVersion::V3_0);
         startup.set("application_name", "entra-db-proxy check");
         let startup = self.upstream_startup(startup);

@@ -197,72 +197,65 @@ fn check(
 
 type AccountPath = Path<(String, String, String)>;
 
-/// `POST …/listKeys`
-pub(crate) async fn list_keys(
+/// `POST …/listKeys` and `GET|POST …/readonlykeys`, told apart by the path.
+pub(crate) async fn keys(
     State(shared): State<Arc<Shared>>,
     Path((sub, rg, acct)): AccountPath,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = check(
-        &shared,
-        &headers,
-        q.as_deref(),
-        &sub,
-        &rg,
-        &acct,
-        "listKeys",
-    ) {
-        return *r;
-    }
-    let k = lock(&shared.arm).keys.clone();
-    json_response(
-        StatusCode::OK,
-        obj(&[
-            ("primaryMasterKey", s(&k.primary_master_key)),
-            ("secondaryMasterKey", s(&k.secondary_master_key)),
-            (
-                "primaryReadonlyMasterKey",
-                s(&k.primary_readonly_master_key),
-            ),
-            (
-                "secondaryReadonlyMasterKey",
-                s(&k.secondary_readonly_master_key),
-            ),
-        ]),
-    )
+    let read_write = uri.path().ends_with("/listKeys");
+    let action = if read_write {
+        "listKeys"
+    } else {
+        "readonlykeys"
+    };
+    let request = KeysRequest { sub, rg, acct, q };
+    keys_response(&shared, &headers, request, action, read_write)
 }
 
-/// `GET|POST …/readonlykeys`
-pub(crate) async fn readonly_keys(
-    State(shared): State<Arc<Shared>>,
-    Path((sub, rg, acct)): AccountPath,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+/// The account and query of a keys request.
+struct KeysRequest {
+    sub: String,
+    rg: String,
+    acct: String,
+    q: Option<String>,
+}
+
+/// The keys an action returns, once the request passes ARM's checks: all four for listKeys,
+/// the read-only pair for readonlykeys.
+fn keys_response(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    r: KeysRequest,
+    action: &str,
+    read_write: bool,
 ) -> Response {
-    if let Err(r) = check(
-        &shared,
-        &headers,
-        q.as_deref(),
-        &sub,
-        &rg,
-        &acct,
-        "readonlykeys",
+    if let Err(resp) = check(
+        shared,
+        headers,
+        r.q.as_deref(),
+        &r.sub,
+        &r.rg,
+        &r.acct,
+        action,
     ) {
-        return *r;
+        return *resp;
     }
     let k = lock(&shared.arm).keys.clone();
-    json_response(
-        StatusCode::OK,
-        obj(&[
-            (
-                "primaryReadonlyMasterKey",
-                s(&k.primary_readonly_master_key),
-            ),
-            (
-                "secondaryReadonlyMasterKey",
-                s(&k.secondary_readonly_master_key),
-            ),
-        ]),
-    )
+    let mut fields = Vec::new();
+    if read_write {
+        fields.push(("primaryMasterKey", s(&k.primary_master_key)));
+        fields.push(("secondaryMasterKey", s(&k.secondary_master_key)));
+    }
+    fields.push((
+        "primaryReadonlyMasterKey",
+        s(&k.primary_readonly_master_key),
+    ));
+    fields.push((
+        "secondaryReadonlyMasterKey",
+        s(&k.secondary_readonly_master_key),
+    ));
+    json_response(StatusCode::OK, obj(&fields))
 }

@@ -477,10 +477,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/MSI/token", get(managed::app_service))
         .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
         .route(cli::HELPER_PATH, get(cli::helper))
-        .route(&format!("{acct}/listKeys"), post(arm::list_keys))
+        .route(&format!("{acct}/listKeys"), post(arm::keys))
         .route(
             &format!("{acct}/readonlykeys"),
-            get(arm::readonly_keys).post(arm::readonly_keys),
+            get(arm::keys).post(arm::keys),
         )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), record))

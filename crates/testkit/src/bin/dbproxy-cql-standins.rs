@@ -97,10 +97,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("STANDINS_CQL_ACCOUNT", ACCOUNT.to_owned()),
     ];
-    let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
-    let tmp = env_file.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &env_file)?;
+    dbproxy_testkit::util::write_env_file(&env_file, &vars)?;
     eprintln!(
         "stand-ins ready: Cassandra {} node(s) {:?} (TLS, PasswordAuthenticator, role {ACCOUNT}), fake Entra ID + ARM {}; variables in {}",
         nodes,
@@ -109,11 +106,7 @@ async fn main() -> anyhow::Result<()> {
         env_file.display()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    dbproxy_testkit::util::stop_signal().await?;
     eprintln!("stopping Cassandra…");
     drop(azure);
     drop(cluster);

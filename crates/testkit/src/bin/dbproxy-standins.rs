@@ -88,10 +88,7 @@ async fn main() -> anyhow::Result<()> {
         ("STANDINS_BENCH_USER", BENCH_ROLE.to_owned()),
         ("STANDINS_BENCH_PASSWORD", BENCH_PASSWORD.to_owned()),
     ];
-    let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
-    let tmp = env_file.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &env_file)?;
+    dbproxy_testkit::util::write_env_file(&env_file, &vars)?;
     eprintln!(
         "stand-ins ready: PostgreSQL 127.0.0.1:{} (TLS, password auth), fake Entra ID {}; variables in {}",
         pg.port(),
@@ -99,11 +96,7 @@ async fn main() -> anyhow::Result<()> {
         env_file.display()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    dbproxy_testkit::util::stop_signal().await?;
     azure.clear_on_issue();
     drop(azure);
     drop(pg);
