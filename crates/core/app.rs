@@ -179,6 +179,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
                 },
                 prepared: PreparedStatements::new(),
                 local_tls,
+                schema: Default::default(),
             })),
             (Protocol::Cassandra, None) => {
                 anyhow::bail!("listener {}: CQL settings missing", l.name)

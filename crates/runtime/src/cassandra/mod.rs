@@ -83,6 +83,8 @@ pub struct CassandraService<C = Upstream> {
     pub prepared: PreparedStatements,
     /// TLS between drivers and the proxy (TLS on connect; None: plain only).
     pub local_tls: Option<LocalTls>,
+    /// The control connection for schema agreement after DDL (`Default::default()`).
+    pub schema: Arc<schema::SchemaControl>,
 }
 
 /// What the client asked for at STARTUP.
@@ -165,7 +167,7 @@ impl<C: Connector> Service for CassandraService<C> {
 impl<C: Connector> CassandraService<C> {
     /// Steps 1–5 on a client stream past local TLS.
     async fn session(
-        &self,
+        self: &Arc<Self>,
         client: &mut ClientStream,
         deadline: tokio::time::Instant,
         started: Instant,
@@ -216,7 +218,7 @@ impl<C: Connector> CassandraService<C> {
             },
             to_upstream: uenc,
         };
-        let relay = Relay::new(self, v, compression);
+        let relay = Relay::new(self.clone(), v, compression);
         let mut upstream = up.stream;
         let reason = relay.run(client, &mut upstream, codecs).await;
         Ok(Ended {

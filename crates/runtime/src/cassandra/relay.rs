@@ -5,11 +5,13 @@
 //! session's [`TopologyRewriter`], and writes what it says to forward. Frames the proxy
 //! answers itself (a `system.peers` query, an ERROR for garbage) go through a small channel to
 //! the upstream→client loop, the only writer of the client socket. A RESULT of kind
-//! SCHEMA_CHANGE is held until the upstream agrees on the schema ([`super::schema`]).
+//! SCHEMA_CHANGE is held until the upstream agrees on the schema ([`super::schema`]) by a task
+//! of its own, which then sends it through the same channel; the other streams' answers are not
+//! held behind it.
 
 use std::{
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -46,8 +48,8 @@ pub(crate) struct Codecs {
 }
 
 /// The relay of one session after READY.
-pub(crate) struct Relay<'a, C> {
-    service: &'a CassandraService<C>,
+pub(crate) struct Relay<C> {
+    service: Arc<CassandraService<C>>,
     rewriter: Mutex<TopologyRewriter>,
     compression: BodyCompression,
     /// The version the session speaks; frames of another are refused, as Cassandra does.
@@ -58,19 +60,19 @@ pub(crate) struct Relay<'a, C> {
     to_client: AtomicU64,
 }
 
-impl<'a, C: Connector> Relay<'a, C> {
+impl<C: Connector> Relay<C> {
     /// A relay for `service`'s session with the negotiated body `compression`.
     pub(crate) fn new(
-        service: &'a CassandraService<C>,
+        service: Arc<CassandraService<C>>,
         version: u8,
         compression: BodyCompression,
     ) -> Self {
         Relay {
-            service,
             rewriter: Mutex::new(TopologyRewriter::with_prepared(
                 service.topology.clone(),
                 service.prepared.clone(),
             )),
+            service,
             compression,
             version,
             started: Instant::now(),
@@ -210,10 +212,16 @@ impl<'a, C: Connector> Relay<'a, C> {
                         match action {
                             Ok(UpstreamAction::Forward(f)) => {
                                 if is_schema_change(&f, self.compression) {
-                                    // The driver cannot see the peers to wait for agreement.
-                                    self.service.wait_schema_agreement().await;
+                                    // The driver cannot see the peers to wait for agreement:
+                                    // this RESULT waits for it, the other streams go on.
+                                    let (service, held) = (self.service.clone(), reply_tx.clone());
+                                    tokio::spawn(async move {
+                                        service.wait_schema_agreement().await;
+                                        let _ = held.send((f, false)).await;
+                                    });
+                                } else {
+                                    enc.encode(&f, &mut out)
                                 }
-                                enc.encode(&f, &mut out)
                             }
                             Ok(UpstreamAction::Drop) => {}
                             Err(e) => {

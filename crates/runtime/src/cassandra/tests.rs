@@ -42,6 +42,7 @@ fn service(
         },
         prepared: PreparedStatements::new(),
         local_tls: None,
+        schema: Default::default(),
     })
 }
 
@@ -243,4 +244,115 @@ async fn versions_above_the_maximum_are_refused_for_a_downgrade() {
     assert_eq!(body[..4], codes::PROTOCOL_ERROR.to_be_bytes());
     tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
     assert_eq!(connects.load(Ordering::SeqCst), 0);
+}
+
+fn put_string(b: &mut BytesMut, s: &str) {
+    b.put_u16(s.len() as u16);
+    b.put_slice(s.as_bytes());
+}
+
+/// A Rows RESULT with one uuid column holding `version`.
+fn versions_result(stream: i16, version: u8) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_i32(2);
+    body.put_i32(0x0001);
+    body.put_i32(1);
+    put_string(&mut body, "system");
+    put_string(&mut body, "local");
+    put_string(&mut body, "schema_version");
+    body.put_u16(0x000C);
+    body.put_i32(1);
+    body.put_i32(16);
+    body.put_slice(&[version; 16]);
+    response(stream, opcode::RESULT, &body)
+}
+
+fn schema_change(stream: i16) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_i32(5);
+    for s in ["CREATED", "TABLE", "ks", "t"] {
+        put_string(&mut body, s);
+    }
+    response(stream, opcode::RESULT, &body)
+}
+
+/// The fake upstream's side of one schema poll: `system.local`, then `system.peers`.
+async fn answer_poll(c: &mut DuplexStream, local: u8, peers: u8) {
+    for version in [local, peers] {
+        let (stream, op, _) = read_frame(c).await;
+        assert_eq!(op, opcode::QUERY);
+        c.write_all(&versions_result(stream, version))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_ddl_result_waits_for_agreement_without_holding_other_streams() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let svc = service(upstream, ScriptedPasswords::new(&["key"]));
+    let (agree, agreed) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let ok = response(0, opcode::AUTH_SUCCESS, &[0xff, 0xff, 0xff, 0xff]);
+        let mut s = servers.recv().await.unwrap();
+        upstream_login(&mut s).await;
+        s.write_all(&ok).await.unwrap();
+        // The DDL, then a query on another stream.
+        assert_eq!(read_frame(&mut s).await.0, 10);
+        s.write_all(&schema_change(10)).await.unwrap();
+        assert_eq!(read_frame(&mut s).await.0, 11);
+        s.write_all(&response(11, opcode::RESULT, &[0, 0, 0, 1]))
+            .await
+            .unwrap();
+        // The listener's control connection: the nodes disagree until the test says so.
+        let mut c = servers.recv().await.unwrap();
+        upstream_login(&mut c).await;
+        c.write_all(&ok).await.unwrap();
+        answer_poll(&mut c, 1, 2).await;
+        agreed.await.unwrap();
+        answer_poll(&mut c, 3, 3).await;
+        // A second DDL is checked over the same control connection.
+        assert_eq!(read_frame(&mut s).await.0, 12);
+        s.write_all(&schema_change(12)).await.unwrap();
+        answer_poll(&mut c, 4, 4).await;
+        (s, c, servers)
+    });
+    let (mut app, session) = connect(&svc);
+    app.write_all(&startup(0)).await.unwrap();
+    let (_, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(op, opcode::READY);
+    let mut requests = query_frame(4, 10, "CREATE TABLE ks.t (id int PRIMARY KEY)").to_bytes();
+    requests.extend_from_slice(&query_frame(4, 11, "SELECT id FROM ks.t").to_bytes());
+    app.write_all(&requests).await.unwrap();
+    // The other stream's answer is not held behind the DDL's.
+    let (stream, _, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(stream, 11);
+    agree.send(()).unwrap();
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stream, op, body[..4].to_vec()),
+        (10, opcode::RESULT, vec![0, 0, 0, 5])
+    );
+    app.write_all(&query_frame(4, 12, "CREATE TABLE ks.u (id int PRIMARY KEY)").to_bytes())
+        .await
+        .unwrap();
+    let (stream, _, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(stream, 12);
+    let (_s, _c, _servers) = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        2,
+        "one session, one control connection"
+    );
+    drop(app);
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
 }
