@@ -376,3 +376,29 @@ async fn tls_to_the_proxy_with_verify_full_and_reload() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let s = Stack::start().await;
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    let mut cmd = s.proxy_sp();
+    cmd.soft_nofile = Some(256.min(hard));
+    let proxy = cmd.spawn();
+    assert_eq!(proxy.open_files_limit(), (hard, hard));
+    // Caps that need more than the limit are warned about.
+    if hard < 1_000_000 {
+        let mut cmd = s
+            .proxy_sp()
+            .args(["--max-connections", &hard.to_string()])
+            .expect_warnings(&["need more open files than the limit allows"]);
+        cmd.soft_nofile = Some(256.min(hard));
+        let proxy = cmd.spawn();
+        assert!(
+            proxy
+                .log()
+                .contains("need more open files than the limit allows"),
+            "{}",
+            proxy.log()
+        );
+    }
+}

@@ -45,6 +45,8 @@ pub struct ProxyCmd {
     pub rust_log: Option<String>,
     /// Substrings of the WARN/ERROR lines the test expects (see the module docs).
     pub expected_warnings: Vec<String>,
+    /// A soft open-file limit to start the proxy with.
+    pub soft_nofile: Option<u64>,
 }
 
 impl ProxyCmd {
@@ -107,6 +109,14 @@ impl ProxyCmd {
     /// Like [`ProxyCmd::spawn`] with `dir` first on PATH (for a fake `az`).
     pub fn spawn_with_path(&self, dir: Option<&Path>) -> Proxy {
         let mut cmd = self.command(dir);
+        if let Some(soft) = self.soft_nofile {
+            use std::os::unix::process::CommandExt;
+            let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard));
+            }
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -249,6 +259,19 @@ impl Proxy {
     }
 
     /// Sends SIGTERM without waiting.
+    /// The process's soft and hard open-file limits, from /proc.
+    pub fn open_files_limit(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut numbers = line
+            .split_whitespace()
+            .filter_map(|w| w.parse::<u64>().ok());
+        (numbers.next().unwrap(), numbers.next().unwrap())
+    }
+
     pub fn signal_term(&self) {
         unsafe { libc_kill(self.child.id() as i32, 15) };
     }

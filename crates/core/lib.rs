@@ -22,10 +22,12 @@
 //!   an `ENTRA_DB_PROXY_*` variable) and Service Connector's environment variables.
 //! - [`Proxy`], [`run`], [`check`] (in `app.rs`): credentials and listeners built from the
 //!   config, run until a shutdown future resolves.
-//! - [`logging`]: the `tracing` subscriber the binary installs.
+//! - [`logging`]: the `tracing` subscriber the binary installs; [`limits`]: the open-file
+//!   limit raised at start.
 
 mod app;
 pub mod config;
+pub mod limits;
 pub mod logging;
 
 pub use app::{Proxy, check, run, run_with_abort};
