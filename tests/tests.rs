@@ -18,6 +18,8 @@ mod clients;
 mod credentials;
 /// What clients see when something fails, and that one client's garbage hurts no other.
 mod failures;
+/// Upstream faults: a server that never answers, a name that does not resolve.
+mod faults;
 /// Hostile clients: pipelining, garbage, log forgery, refusals in a loop.
 mod hostile;
 /// The proxy as a library, in process, stopped by a future.

@@ -37,13 +37,22 @@ impl Connector for PostgresUpstream {
             tcp.write_all(&req).await?;
             tcp.read_exact(&mut answer).await
         };
-        tokio::time::timeout(self.0.connect_timeout, exchange)
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-            .map_err(|e| ConnectError::Tcp {
+        let reason = match tokio::time::timeout(self.0.connect_timeout, exchange).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!(
+                "the server closed the connection during TLS negotiation: {e}"
+            )),
+            Err(_) => Some(format!(
+                "the server did not answer the SSLRequest within {} ms",
+                self.0.connect_timeout.as_millis()
+            )),
+        };
+        if let Some(reason) = reason {
+            return Err(ConnectError::Tcp {
                 target: self.0.to_string(),
-                reason: format!("the server closed the connection during TLS negotiation: {e}"),
-            })?;
+                reason,
+            });
+        }
         if answer[0] != messages::SSL_SUPPORTED {
             return Err(ConnectError::NoTls {
                 target: self.0.to_string(),
