@@ -22,6 +22,7 @@ pub mod arm;
 pub mod cli;
 pub mod entra;
 pub mod managed;
+mod server;
 
 use std::{
     future::Future,
@@ -37,13 +38,9 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{
-    Router,
     body::Body,
-    extract::{Request, State},
     http::{HeaderValue, StatusCode, header},
-    middleware::Next,
     response::Response,
-    routing::{get, post},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -272,10 +269,10 @@ impl FakeAzure {
             sp_object_id: tokens::random_guid(),
             system_object_id: tokens::random_guid(),
         });
-        let app = router(shared.clone());
+        let app = server::router(shared.clone());
         let tasks = vec![
-            tokio::spawn(serve(http, None, app.clone())),
-            tokio::spawn(serve(
+            tokio::spawn(server::serve(http, None, app.clone())),
+            tokio::spawn(server::serve(
                 https,
                 Some(tokio_rustls::TlsAcceptor::from(tls)),
                 app,
@@ -467,87 +464,6 @@ impl Drop for FakeAzure {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-fn router(shared: Arc<Shared>) -> Router {
-    let acct = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.DocumentDB/databaseAccounts/{acct}";
-    Router::new()
-        .route("/metadata/identity/oauth2/token", get(managed::imds))
-        .route("/MSI/token", get(managed::app_service))
-        .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
-        .route(cli::HELPER_PATH, get(cli::helper))
-        .route(&format!("{acct}/listKeys"), post(arm::keys))
-        .route(
-            &format!("{acct}/readonlykeys"),
-            get(arm::keys).post(arm::keys),
-        )
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), record))
-        .with_state(shared)
-}
-
-async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    shared.request_count.fetch_add(1, Ordering::SeqCst);
-    let rec = RecordedRequest {
-        method: req.method().to_string(),
-        uri: req.uri().to_string(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-    };
-    lock(&shared.requests).push(rec);
-    next.run(req).await
-}
-
-async fn not_found() -> Response {
-    json_response(
-        StatusCode::NOT_FOUND,
-        obj(&[
-            ("error", s("not_found")),
-            ("error_description", s("No such endpoint on the fake")),
-        ]),
-    )
-}
-
-/// Accept loop; connections live in a JoinSet so aborting this task closes them all.
-async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, app: Router) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let app = app.clone();
-        let tls = tls.clone();
-        conns.spawn(async move {
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper::server::conn::http1::Builder::new();
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        let _ = builder
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                            .await;
-                    }
-                }
-                None => {
-                    let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                }
-            }
-        });
     }
 }
 
