@@ -6,7 +6,9 @@
 //! [`LocalTls::postgres_acceptor`], which also selects the ALPN protocol `postgresql` as
 //! PostgreSQL 17 does: a client that offers it gets it (libpq 17 offers it on both
 //! negotiations, and direct TLS requires it), one that offers no ALPN is served without, and one
-//! that offers only other protocols is refused with the TLS alert `no_application_protocol`. The local hop's TLS is separate from the upstream's,
+//! that offers only other protocols is refused: rustls queues the alert `no_application_protocol`
+//! (RFC 7301, as PostgreSQL sends), though under TLS 1.3, through tokio-rustls, the client may
+//! only see the connection end after the ServerHello. The local hop's TLS is separate from the upstream's,
 //! which is always on and always verified.
 
 use std::{
