@@ -27,14 +27,14 @@ anything more is buffered, like PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`.
 
 **Direct TLS** (PostgreSQL 17, libpq's `sslnegotiation=direct`): instead of an SSLRequest the
 client opens with a TLS ClientHello, whose first byte is a TLS handshake record's content type,
-[`TLS_HANDSHAKE_RECORD`] (0x16). Read as a length word that would be a packet of hundreds of
-megabytes, so it cannot be mistaken for a startup packet: the runtime looks at the first byte
+[`TLS_HANDSHAKE_RECORD`] (0x16). Read as a length word, it would announce a packet of hundreds
+of megabytes, so it cannot be mistaken for a startup packet: the runtime looks at the first byte
 with [`is_direct_tls`] before parsing and, if it is TLS, runs the handshake at once. The client
 must offer the ALPN protocol [`ALPN_PROTOCOL`] (`postgresql`); PostgreSQL closes a direct TLS
 connection that negotiated none.
 
 Parameter names must be UTF-8; values are kept as the bytes sent. PostgreSQL checks the encoding
-of neither: it copies the values as C strings (`ProcessStartupPacket`), a database or role name
+of neither names nor values: it copies them as C strings (`ProcessStartupPacket`), a database or role name
 that matches no catalog entry is refused as not existing, and `application_name` is cleaned of
 non-ASCII bytes by the server itself (`?` up to PostgreSQL 15, `\xHH` escapes since 16). So a
 value in Latin-1 or any other encoding goes upstream unchanged.
