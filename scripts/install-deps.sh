@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine, idempotently:
 #   - PostgreSQL server + client (initdb, pg_ctl, psql, pgbench) from Debian's packages
-#   - a Python virtualenv with psycopg2 (the seed's Python sample), cached under ~/.cache
+#   - a Python virtualenv with psycopg2 (the seed's Python sample) and psycopg 3 (its wheel
+#     bundles libpq 17+, for sslnegotiation=direct), cached under ~/.cache
 # Prints the variables the test suite reads (EDP_PYTHON) for `eval`.
 set -euo pipefail
 
@@ -23,7 +24,7 @@ fi
 venv="$cache/venv"
 # Re-install when tests/clients/requirements.txt changes (its hash is kept in the venv).
 want=$(sha256sum tests/clients/requirements.txt | cut -d' ' -f1)
-if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import psycopg2' >/dev/null 2>&1; then
+if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import psycopg2, psycopg' >/dev/null 2>&1; then
   echo "installing the Python test clients into $venv" >&2
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt >&2

@@ -16,6 +16,8 @@ mod cli;
 mod clients;
 /// Each credential kind end to end, and the default chain.
 mod credentials;
+/// PostgreSQL 17's direct TLS (sslnegotiation=direct) with libpq 17, ALPN, non-UTF-8 startup values.
+mod direct_tls;
 /// What clients see when something fails, and that one client's garbage hurts no other.
 mod failures;
 /// Upstream faults: a server that never answers, a name that does not resolve.

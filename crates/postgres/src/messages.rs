@@ -108,7 +108,7 @@ pub fn startup_message(msg: &StartupMessage, buf: &mut BytesMut) -> Result<(), P
                 "cannot encode StartupMessage: empty parameter name",
             ));
         }
-        if name.contains('\0') || value.contains('\0') {
+        if name.contains('\0') || value.contains(&0) {
             return Err(ProtocolError::new(
                 ProtocolErrorKind::ContainsNul,
                 format!(
@@ -122,7 +122,7 @@ pub fn startup_message(msg: &StartupMessage, buf: &mut BytesMut) -> Result<(), P
         buf.put_u32(msg.version.code());
         for (name, value) in &msg.params {
             put_cstr(buf, name.as_bytes());
-            put_cstr(buf, value.as_bytes());
+            put_cstr(buf, value);
         }
         buf.put_u8(0);
     })

@@ -24,9 +24,23 @@ to [`parse_startup_packet`] still holds bytes at that point.
 
 The length is checked against [`MAX_STARTUP_LEN`] as soon as its four bytes have arrived, before
 anything more is buffered, like PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`.
+
+**Direct TLS** (PostgreSQL 17, libpq's `sslnegotiation=direct`): instead of an SSLRequest the
+client opens with a TLS ClientHello, whose first byte is a TLS handshake record's content type,
+[`TLS_HANDSHAKE_RECORD`] (0x16). Read as a length word, it would announce a packet of hundreds
+of megabytes, so it cannot be mistaken for a startup packet: the runtime looks at the first byte
+with [`is_direct_tls`] before parsing and, if it is TLS, runs the handshake at once. The client
+must offer the ALPN protocol [`ALPN_PROTOCOL`] (`postgresql`); PostgreSQL closes a direct TLS
+connection that negotiated none.
+
+Parameter names must be UTF-8; values are kept as the bytes sent. PostgreSQL checks the encoding
+of neither names nor values: it copies them as C strings (`ProcessStartupPacket`), a database or role name
+that matches no catalog entry is refused as not existing, and `application_name` is cleaned of
+non-ASCII bytes by the server itself (`?` up to PostgreSQL 15, `\xHH` escapes since 16). So a
+value in Latin-1 or any other encoding goes upstream unchanged.
 */
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use bytes::{Buf, BytesMut};
 
@@ -46,6 +60,19 @@ pub const SSL_REQUEST_CODE: u32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 /// The code of a CancelRequest (1234.5678).
 pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// The first byte of a TLS handshake record (a ClientHello), which opens a direct TLS connection.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The ALPN protocol name of PostgreSQL over TLS (PostgreSQL 17 and later, both negotiations).
+pub const ALPN_PROTOCOL: &[u8] = b"postgresql";
+
+/// Whether a connection whose first bytes are `first` opens with TLS directly (PostgreSQL 17's
+/// direct TLS) rather than with a startup packet. Looks at the first byte only, as PostgreSQL
+/// does; None until a byte has arrived.
+pub fn is_direct_tls(first: &[u8]) -> Option<bool> {
+    first.first().map(|b| *b == TLS_HANDSHAKE_RECORD)
+}
 
 /// The shortest cancel key: the 4 bytes of protocol 3.0.
 pub const MIN_CANCEL_KEY_LEN: usize = 4;
@@ -141,9 +168,10 @@ impl fmt::Display for ProtocolVersion {
 pub struct StartupMessage {
     /// The requested protocol version.
     pub version: ProtocolVersion,
-    /// The parameters as `(name, value)`, in wire order. Names and values must not contain NUL
-    /// bytes (parsing guarantees it; encoding checks it).
-    pub params: Vec<(String, String)>,
+    /// The parameters as `(name, value)`, in wire order: names are UTF-8, values are the bytes
+    /// sent (PostgreSQL does not require them to be UTF-8, or in any encoding). Names and values
+    /// must not contain NUL bytes (parsing guarantees it; encoding checks it).
+    pub params: Vec<(String, Vec<u8>)>,
 }
 
 impl StartupMessage {
@@ -155,19 +183,33 @@ impl StartupMessage {
         }
     }
 
-    /// The value of parameter `name`. If a client sent it more than once, the last one wins,
-    /// as in PostgreSQL.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    /// The value of parameter `name`, as sent. If a client sent it more than once, the last one
+    /// wins, as in PostgreSQL.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.params
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The value of parameter `name` if it was sent and is UTF-8 (None otherwise: [`get`] has
+    /// the bytes).
+    ///
+    /// [`get`]: StartupMessage::get
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value of parameter `name` as text for display (logs, messages): bytes that are not
+    /// UTF-8 become U+FFFD.
+    pub fn get_lossy(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.get(name).map(String::from_utf8_lossy)
     }
 
     /// Sets parameter `name` to `value`, keeping its position if it was present (and dropping
     /// any duplicates), appending it otherwise. Returns the previous value.
-    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Option<Vec<u8>> {
         let name = name.into();
         let value = value.into();
         let previous = self.remove_duplicates_after_first(&name);
@@ -184,7 +226,7 @@ impl StartupMessage {
     }
 
     /// Removes parameter `name` (every occurrence). Returns the value that was in effect.
-    pub fn remove(&mut self, name: &str) -> Option<String> {
+    pub fn remove(&mut self, name: &str) -> Option<Vec<u8>> {
         let mut last = None;
         self.params.retain_mut(|(n, v)| {
             if n == name {
@@ -197,18 +239,19 @@ impl StartupMessage {
         last
     }
 
-    /// The `user` parameter, if sent.
+    /// The `user` parameter, if sent and UTF-8 (`get("user")` has the bytes).
     pub fn user(&self) -> Option<&str> {
-        self.get("user")
+        self.get_str("user")
     }
 
-    /// The `database` parameter, if sent (PostgreSQL defaults it to the user name).
+    /// The `database` parameter, if sent and UTF-8 (PostgreSQL defaults it to the user name;
+    /// `get("database")` has the bytes).
     pub fn database(&self) -> Option<&str> {
-        self.get("database")
+        self.get_str("database")
     }
 
     /// Drops every occurrence of `name` but the first; returns the last value dropped.
-    fn remove_duplicates_after_first(&mut self, name: &str) -> Option<String> {
+    fn remove_duplicates_after_first(&mut self, name: &str) -> Option<Vec<u8>> {
         let mut seen = false;
         let mut last = None;
         self.params.retain_mut(|(n, v)| {
@@ -230,7 +273,8 @@ impl StartupMessage {
 ///
 /// - `Ok(None)`: the packet is not complete yet; `buf` is untouched. Read more and call again.
 /// - `Ok(Some(packet))`: the packet was removed from `buf`; later bytes stay in `buf`.
-/// - `Err(e)`: the packet is invalid (bad length, layout, UTF-8 or protocol version); answer
+/// - `Err(e)`: the packet is invalid (bad length, layout, a parameter name that is not UTF-8, or
+///   the protocol version); answer
 ///   with [`ProtocolError::to_error_fields`] and close. The length is rejected as soon as its
 ///   four bytes are in, so an attacker cannot make the proxy buffer more than
 ///   [`MAX_STARTUP_LEN`] bytes.
@@ -345,14 +389,14 @@ fn parse_startup_message(
                 "invalid startup packet layout: missing value for parameter \"{name}\""
             ))
         })?;
-        let value = utf8(value)?;
-        msg.params.push((name, value));
+        // Values as sent: PostgreSQL does not check their encoding either.
+        msg.params.push((name, value.to_vec()));
     }
 }
 
 fn utf8(bytes: &[u8]) -> Result<String, ProtocolError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| {
-        ProtocolError::malformed("invalid startup packet: parameter is not valid UTF-8")
+        ProtocolError::malformed("invalid startup packet: parameter name is not valid UTF-8")
     })
 }
 
@@ -502,7 +546,7 @@ mod tests {
         assert_eq!(msg.version, ProtocolVersion::V3_0);
         assert_eq!(msg.user(), Some("alice"));
         assert_eq!(msg.database(), Some("app"));
-        assert_eq!(msg.get("application_name"), Some("psql"));
+        assert_eq!(msg.get_str("application_name"), Some("psql"));
         assert_eq!(msg.params.len(), 4);
     }
 
@@ -542,7 +586,7 @@ mod tests {
         let Some(StartupPacket::Startup(msg)) = parse_all(&buf).unwrap() else {
             panic!("not a StartupMessage");
         };
-        assert_eq!(msg.get("options"), Some(""));
+        assert_eq!(msg.get("options"), Some(&b""[..]));
     }
 
     #[test]
@@ -650,9 +694,12 @@ mod tests {
             // bytes after the terminator
             (b"user\0alice\0\0junk", "expected terminator as last byte"),
             (b"user\0alice\0\0\0", "expected terminator as last byte"),
-            // invalid UTF-8
-            (b"user\0\xff\xfe\0\0", "not valid UTF-8"),
-            (b"\xc3\0x\0\0", "not valid UTF-8"),
+            // a name that is not UTF-8
+            (b"\xc3\0x\0\0", "parameter name is not valid UTF-8"),
+            (
+                b"user\0u\0app\xff\0x\0\0",
+                "parameter name is not valid UTF-8",
+            ),
         ];
         for (body, want) in cases {
             let err = parse_all(&packet(196_608, body)).unwrap_err();
@@ -663,6 +710,45 @@ mod tests {
     }
 
     #[test]
+    fn direct_tls_is_told_by_its_first_byte() {
+        // The start of a TLS 1.2/1.3 ClientHello record.
+        let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01];
+        assert_eq!(is_direct_tls(&hello), Some(true));
+        assert_eq!(is_direct_tls(&hello[..1]), Some(true));
+        assert_eq!(is_direct_tls(&[]), None);
+        let mut ssl = BytesMut::new();
+        postgres_protocol::message::frontend::ssl_request(&mut ssl);
+        assert_eq!(is_direct_tls(&ssl), Some(false));
+        assert_eq!(
+            is_direct_tls(&startup_bytes(196_608, &[("user", "u")])),
+            Some(false)
+        );
+        // Parsed as a startup packet, a ClientHello is an impossible length, never a packet.
+        let err = parse_all(&hello).unwrap_err();
+        assert_eq!(err.kind(), ProtocolErrorKind::InvalidLength);
+    }
+
+    #[test]
+    fn values_are_bytes_as_sent() {
+        // Latin-1 "é" (0xe9), a lone continuation byte and an overlong encoding: PostgreSQL
+        // takes them all, so the proxy keeps them byte for byte.
+        let body = b"user\0ren\xe9\0application_name\0app\xff\0options\0\xc0\xaf\0\0";
+        let Some(StartupPacket::Startup(msg)) = parse_all(&packet(196_608, body)).unwrap() else {
+            panic!("not a StartupMessage");
+        };
+        assert_eq!(msg.get("user"), Some(&b"ren\xe9"[..]));
+        assert_eq!(msg.user(), None, "not UTF-8: no text");
+        assert_eq!(msg.get_str("application_name"), None);
+        assert_eq!(msg.get_lossy("application_name").unwrap(), "app\u{fffd}");
+        assert_eq!(msg.get("options"), Some(&b"\xc0\xaf"[..]));
+        assert_eq!(msg.get_lossy("missing"), None);
+        // And they are written back unchanged.
+        let mut out = BytesMut::new();
+        crate::messages::startup_message(&msg, &mut out).unwrap();
+        assert_eq!(&out[..], &packet(196_608, body)[..]);
+    }
+
+    #[test]
     fn get_set_remove() {
         let mut msg = StartupMessage::new(ProtocolVersion::V3_0);
         msg.params = vec![
@@ -670,21 +756,26 @@ mod tests {
             ("database".into(), "db".into()),
             ("user".into(), "second".into()),
         ];
-        assert_eq!(msg.get("user"), Some("second"), "last wins");
-        assert_eq!(msg.set("user", "entra@x"), Some("second".to_string()));
+        assert_eq!(msg.get("user"), Some(&b"second"[..]), "last wins");
+        assert_eq!(msg.user(), Some("second"));
+        assert_eq!(msg.set("user", "entra@x"), Some(b"second".to_vec()));
         assert_eq!(
             msg.params,
             vec![
-                ("user".to_string(), "entra@x".to_string()),
-                ("database".to_string(), "db".to_string()),
+                ("user".to_string(), b"entra@x".to_vec()),
+                ("database".to_string(), b"db".to_vec()),
             ]
         );
         assert_eq!(msg.set("application_name", "p"), None);
         assert_eq!(msg.params.last().unwrap().0, "application_name");
-        assert_eq!(msg.remove("database"), Some("db".to_string()));
+        assert_eq!(msg.remove("database"), Some(b"db".to_vec()));
         assert_eq!(msg.remove("database"), None);
         assert_eq!(msg.database(), None);
-        assert_eq!(msg.set("user", "again"), Some("entra@x".to_string()));
+        assert_eq!(msg.set("user", "again"), Some(b"entra@x".to_vec()));
+        assert_eq!(
+            msg.set("application_name", &b"\xff"[..]),
+            Some(b"p".to_vec())
+        );
     }
 
     #[test]

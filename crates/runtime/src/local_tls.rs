@@ -2,7 +2,13 @@
 //! reloaded when the files change (cert-manager and similar rotate them in place).
 //!
 //! The files are checked at most every few seconds, on a handshake; a failed reload keeps the
-//! previous certificate and is logged. The local hop's TLS is separate from the upstream's,
+//! previous certificate and is logged. PostgreSQL listeners use
+//! [`LocalTls::postgres_acceptor`], which also selects the ALPN protocol `postgresql` as
+//! PostgreSQL 17 does: a client that offers it gets it (libpq 17 offers it on both
+//! negotiations, and direct TLS requires it), one that offers no ALPN is served without, and one
+//! that offers only other protocols is refused: rustls queues the alert `no_application_protocol`
+//! (RFC 7301, as PostgreSQL sends), though under TLS 1.3, through tokio-rustls, the client may
+//! only see the connection end after the ServerHello. The local hop's TLS is separate from the upstream's,
 //! which is always on and always verified.
 
 use std::{
@@ -33,8 +39,21 @@ pub enum LocalTlsMode {
 pub struct LocalTls {
     /// Offer or require.
     pub mode: LocalTlsMode,
-    /// The acceptor (its certificate reloads itself).
+    /// The acceptor (its certificate reloads itself), with no ALPN.
     pub acceptor: TlsAcceptor,
+    /// The same certificate, selecting the ALPN protocol `postgresql`.
+    pub postgres_acceptor: TlsAcceptor,
+}
+
+/// Both acceptors over `config`.
+fn local_tls(mode: LocalTlsMode, config: ServerConfig) -> LocalTls {
+    let mut postgres = config.clone();
+    postgres.alpn_protocols = vec![dbproxy_postgres::startup::ALPN_PROTOCOL.to_vec()];
+    LocalTls {
+        mode,
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        postgres_acceptor: TlsAcceptor::from(Arc::new(postgres)),
+    }
 }
 
 impl LocalTls {
@@ -63,10 +82,7 @@ impl LocalTls {
                 PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .map_err(|e| e.to_string())?;
-        Ok(LocalTls {
-            mode: LocalTlsMode::Offer,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        })
+        Ok(local_tls(LocalTlsMode::Offer, config))
     }
 
     /// Loads the certificate and key now (failing start-up if they are unusable).
@@ -77,10 +93,7 @@ impl LocalTls {
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
-        Ok(LocalTls {
-            mode,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        })
+        Ok(local_tls(mode, config))
     }
 }
 
@@ -163,5 +176,115 @@ impl ResolvesServerCert for ReloadingCert {
             }
         }
         Some(state.current.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client offering `alpn` that verifies nothing (the certificate is self-signed).
+    fn client(alpn: &[&[u8]]) -> rustls::ClientConnection {
+        #[derive(Debug)]
+        struct Any(Arc<rustls::crypto::CryptoProvider>);
+        impl rustls::client::danger::ServerCertVerifier for Any {
+            fn verify_server_cert(
+                &self,
+                _: &CertificateDer<'_>,
+                _: &[CertificateDer<'_>],
+                _: &rustls_pki_types::ServerName<'_>,
+                _: &[u8],
+                _: rustls_pki_types::UnixTime,
+            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                m: &[u8],
+                c: &CertificateDer<'_>,
+                d: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                rustls::crypto::verify_tls12_signature(
+                    m,
+                    c,
+                    d,
+                    &self.0.signature_verification_algorithms,
+                )
+            }
+            fn verify_tls13_signature(
+                &self,
+                m: &[u8],
+                c: &CertificateDer<'_>,
+                d: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                rustls::crypto::verify_tls13_signature(
+                    m,
+                    c,
+                    d,
+                    &self.0.signature_verification_algorithms,
+                )
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                self.0.signature_verification_algorithms.supported_schemes()
+            }
+        }
+        let provider = dbproxy_tls::provider();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Any(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        rustls::ClientConnection::new(Arc::new(config), name).unwrap()
+    }
+
+    /// Runs a handshake in memory; the client's ALPN, or the client's error.
+    fn handshake(acceptor: &TlsAcceptor, alpn: &[&[u8]]) -> Result<Option<Vec<u8>>, rustls::Error> {
+        let mut client = client(alpn);
+        let mut server = rustls::ServerConnection::new(acceptor.config().clone()).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            let server_result = server.process_new_packets();
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets()?;
+            server_result?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(client.alpn_protocol().map(<[u8]>::to_vec));
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn the_postgres_acceptor_selects_alpn_postgresql_as_postgresql_17_does() {
+        let tls = LocalTls::self_signed().unwrap();
+        let pg = &tls.postgres_acceptor;
+        assert_eq!(
+            handshake(pg, &[b"postgresql"]).unwrap(),
+            Some(b"postgresql".to_vec())
+        );
+        assert_eq!(
+            handshake(pg, &[b"h2", b"postgresql"]).unwrap(),
+            Some(b"postgresql".to_vec())
+        );
+        // No ALPN offered (libpq 16 and older): served, no protocol selected.
+        assert_eq!(handshake(pg, &[]).unwrap(), None);
+        // Only other protocols: the fatal alert no_application_protocol (RFC 7301).
+        assert_eq!(
+            handshake(pg, &[b"h2"]).unwrap_err(),
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+        );
+        // The plain acceptor (CQL) does no ALPN.
+        assert_eq!(handshake(&tls.acceptor, &[b"h2"]).unwrap(), None);
     }
 }

@@ -158,7 +158,9 @@ impl<C: Connector> PostgresService<C> {
         let mut startup = StartupMessage::new(dbproxy_postgres::ProtocolVersion::V3_0);
         startup.set("application_name", "entra-db-proxy check");
         let startup = self.upstream_startup(startup);
-        let database = startup.get("database").unwrap_or(&self.user).to_owned();
+        let database = startup
+            .get_lossy("database")
+            .map_or_else(|| self.user.clone(), |d| d.into_owned());
         match self
             .attempt(startup, password.expose().as_bytes().to_vec())
             .await

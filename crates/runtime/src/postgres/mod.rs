@@ -2,10 +2,12 @@
 //!
 //! 1. **Client startup** ([`startup`]): the client may first ask for TLS (SSLRequest), which
 //!    is accepted when the listener has local TLS (answered `'S'`, then the TLS handshake;
-//!    `'N'` otherwise), or for GSS encryption (GSSENCRequest, always `'N'`). A CancelRequest
-//!    is forwarded ([`cancel`]). The StartupMessage names the database and parameters; its
-//!    `user` is replaced. Bytes the client sent after its StartupMessage (a pipelined query)
-//!    are kept and forwarded once the upstream session is ready.
+//!    `'N'` otherwise), or open with TLS directly (PostgreSQL 17's `sslnegotiation=direct`,
+//!    ALPN `postgresql`), or ask for GSS encryption (GSSENCRequest, always `'N'`). A
+//!    CancelRequest is forwarded ([`cancel`]). The StartupMessage names the database and
+//!    parameters (values passed on as the bytes sent, UTF-8 or not, as PostgreSQL takes them);
+//!    its `user` is replaced. Bytes the client sent after its StartupMessage (a pipelined
+//!    query) are kept and forwarded once the upstream session is ready.
 //! 2. **Credential**: the listener's token cache hands over an Entra ID access token; it waits
 //!    for Entra only when no valid token is cached.
 //! 3. **Upstream** ([`connect`]): TCP, then SSLRequest → `'S'` → TLS with the server name
@@ -168,17 +170,17 @@ impl<C: Connector> PostgresService<C> {
                 });
             }
         };
-        let client_user = startup.get("user").unwrap_or("").to_owned();
+        // Values are bytes as sent (PostgreSQL does not check their encoding); logged lossily.
+        let client_user = startup.get_lossy("user").unwrap_or_default().into_owned();
         let upstream_startup = self.upstream_startup(startup);
         let database = upstream_startup
-            .get("database")
-            .unwrap_or(&self.user)
-            .to_owned();
+            .get_lossy("database")
+            .map_or_else(|| self.user.clone(), |d| d.into_owned());
         tracing::debug!(
             client_user = %Escaped(&client_user),
             user = %self.user,
             database = %Escaped(&database),
-            application_name = %Escaped(upstream_startup.get("application_name").unwrap_or("")),
+            application_name = %Escaped(&upstream_startup.get_lossy("application_name").unwrap_or_default()),
             "client startup"
         );
 

@@ -2,20 +2,33 @@
 //!
 //! ```text
 //! client                                   proxy
+//! TLS ClientHello (first byte 0x16) ────▶  TLS handshake at once (direct TLS, local TLS on),
+//!                                          ALPN "postgresql" required; closed otherwise
 //! SSLRequest ───────────────────────────▶  'S' + TLS handshake (local TLS on) or 'N'
 //! GSSENCRequest ────────────────────────▶  'N'
 //! StartupMessage (user, database, …) ───▶  kept; bytes after it are kept too
 //!   or CancelRequest ───────────────────▶  forwarded upstream (see `cancel`)
 //! ```
 //!
+//! **Direct TLS** is PostgreSQL 17's `sslnegotiation=direct`: the client skips the SSLRequest
+//! and opens with its ClientHello; the first byte tells the two apart
+//! ([`dbproxy_postgres::startup::is_direct_tls`]). As in PostgreSQL 17
+//! (`ProcessSSLStartup`), a direct handshake that did not negotiate the ALPN protocol
+//! `postgresql` is closed without a word (the server logs "received direct SSL connection
+//! request without ALPN protocol negotiation extension"), and a listener without TLS closes
+//! the connection, sending nothing: a client in the middle of a TLS handshake could not read
+//! an ErrorResponse. Both negotiations select ALPN `postgresql` when the client offers it
+//! (libpq 17 does on both); clients that offer none, like libpq 16 and older, are served as
+//! before.
+//!
 //! The packets are parsed by [`dbproxy_postgres::startup::parse_startup_packet`], which
-//! bounds every length before buffering. The whole opening, TLS handshake included, runs under
-//! one deadline: the listener's handshake timeout.
+//! bounds every length before buffering. The whole opening, either TLS handshake included,
+//! runs under one deadline: the listener's handshake timeout.
 
 use bytes::BytesMut;
 use dbproxy_postgres::{
     messages, sqlstate,
-    startup::{StartupMessage, StartupPacket, parse_startup_packet},
+    startup::{ALPN_PROTOCOL, StartupMessage, StartupPacket, is_direct_tls, parse_startup_packet},
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -54,8 +67,8 @@ enum Opening {
 pub(crate) type Opened = Result<(ClientStream, ClientStart), (Option<ClientStream>, SessionError)>;
 
 impl<C: Connector> PostgresService<C> {
-    /// Reads the client's opening packets, upgrading the connection to TLS when the client
-    /// asks and the listener offers it.
+    /// Reads the client's opening packets, upgrading the connection to TLS when the listener
+    /// offers it and the client asks (SSLRequest) or opens with a ClientHello (direct TLS).
     pub(crate) async fn open(&self, mut client: ClientStream) -> Opened {
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let timed_out = || {
@@ -64,10 +77,53 @@ impl<C: Connector> PostgresService<C> {
                 "client sent no startup message in time",
             )
         };
+        // The first bytes: a TLS ClientHello (direct TLS) or a startup packet.
+        let mut buf = BytesMut::with_capacity(1024);
+        match timeout_at(deadline, read_some(&mut client, &mut buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err((Some(client), e)),
+            Err(_) => return Err((Some(client), timed_out())),
+        }
+        if is_direct_tls(&buf) == Some(true) {
+            let Some(tls) = &self.local_tls else {
+                // As PostgreSQL without SSL: close, sending nothing (the rest of the
+                // ClientHello is not read).
+                let e = SessionError::silent(
+                    CloseReason::ClientTls,
+                    format!(
+                        "the client opened with TLS (direct TLS, sslnegotiation=direct) but listener \"{}\" has client TLS disabled; closed, as PostgreSQL does",
+                        self.name
+                    ),
+                );
+                return Err((Some(client), e));
+            };
+            let replayed = ClientStream::replay(std::mem::take(&mut buf), client);
+            client = match timeout_at(deadline, replayed.accept_tls(&tls.postgres_acceptor)).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(e)) => {
+                    let e = SessionError::silent(
+                        CloseReason::ClientTls,
+                        format!("direct TLS handshake with the client failed: {e}"),
+                    );
+                    return Err((None, e));
+                }
+                Err(_) => return Err((None, timed_out())),
+            };
+            if client.alpn_protocol() != Some(ALPN_PROTOCOL) {
+                // PostgreSQL logs this (COMMERROR) and closes without a message.
+                let e = SessionError::silent(
+                    CloseReason::ClientTls,
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                );
+                // Closed with TLS close_notify, as PostgreSQL's secure_close does.
+                return Err((Some(client), e));
+            }
+            tracing::debug!("direct TLS accepted (ALPN postgresql)");
+        }
         loop {
             let offer = self.local_tls.is_some() && !client.is_tls();
-            let opening = match timeout_at(deadline, read_client_startup(&mut client, offer)).await
-            {
+            let read = read_client_startup(&mut client, std::mem::take(&mut buf), offer);
+            let opening = match timeout_at(deadline, read).await {
                 Ok(Ok(opening)) => opening,
                 Ok(Err(e)) => return Err((Some(client), e)),
                 Err(_) => return Err((Some(client), timed_out())),
@@ -78,7 +134,7 @@ impl<C: Connector> PostgresService<C> {
                         let e = SessionError::silent(CloseReason::ClientGone, "client went away");
                         return Err((None, e));
                     }
-                    match timeout_at(deadline, client.accept_tls(&tls.acceptor)).await {
+                    match timeout_at(deadline, client.accept_tls(&tls.postgres_acceptor)).await {
                         Ok(Ok(upgraded)) => client = upgraded,
                         Ok(Err(e)) => {
                             let e = SessionError::silent(
@@ -124,12 +180,13 @@ impl<C: Connector> PostgresService<C> {
     /// names none; since the proxy replaces the user, such a database name is treated as "none"
     /// when a default database is configured.
     pub(crate) fn upstream_startup(&self, mut startup: StartupMessage) -> StartupMessage {
-        let client_user = startup.get("user").map(str::to_owned);
-        startup.set("user", self.user.as_str());
+        let client_user = startup.set("user", self.user.as_str());
         let database = startup.get("database").filter(|d| !d.is_empty());
         let named = match (database, &client_user) {
             (None, _) => false,
-            (Some(db), Some(user)) if db == user && self.default_database.is_some() => false,
+            (Some(db), Some(user)) if db == user.as_slice() && self.default_database.is_some() => {
+                false
+            }
             (Some(_), _) => true,
         };
         if !named {
@@ -146,27 +203,40 @@ impl<C: Connector> PostgresService<C> {
     }
 }
 
-/// Reads the client's opening packets, declining GSS encryption, and TLS unless `offer_tls`.
-async fn read_client_startup<S>(client: &mut S, offer_tls: bool) -> Result<Opening, SessionError>
+/// Reads at least one byte into `buf`.
+async fn read_some<S>(client: &mut S, buf: &mut BytesMut) -> Result<(), SessionError>
+where
+    S: AsyncRead + Unpin,
+{
+    let n = client.read_buf(buf).await.map_err(|e| {
+        SessionError::silent(CloseReason::ClientIo, format!("reading startup: {e}"))
+    })?;
+    if n == 0 {
+        return Err(SessionError::silent(
+            CloseReason::ClientGone,
+            "client closed before its startup message",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the client's opening packets (`buf` holds bytes already read), declining GSS
+/// encryption, and TLS unless `offer_tls`.
+async fn read_client_startup<S>(
+    client: &mut S,
+    mut buf: BytesMut,
+    offer_tls: bool,
+) -> Result<Opening, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(1024);
     // SSLRequest and GSSENCRequest may each come once before the StartupMessage.
     let mut negotiations = 0;
     loop {
         let packet = match parse_startup_packet(&mut buf) {
             Ok(Some(p)) => p,
             Ok(None) => {
-                let n = client.read_buf(&mut buf).await.map_err(|e| {
-                    SessionError::silent(CloseReason::ClientIo, format!("reading startup: {e}"))
-                })?;
-                if n == 0 {
-                    return Err(SessionError::silent(
-                        CloseReason::ClientGone,
-                        "client closed before its startup message",
-                    ));
-                }
+                read_some(client, &mut buf).await?;
                 continue;
             }
             Err(e) => {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::PostgresService;
 use crate::{
     listener::Service,
+    local_tls::{LocalTls, LocalTlsMode},
     metrics::ListenerMetrics,
     stream::ClientStream,
     testutil::{MemoryUpstream, ScriptedPasswords},
@@ -25,6 +26,14 @@ fn service(
     upstream: MemoryUpstream,
     credential: Arc<ScriptedPasswords>,
 ) -> Arc<PostgresService<MemoryUpstream>> {
+    service_with(upstream, credential, None)
+}
+
+fn service_with(
+    upstream: MemoryUpstream,
+    credential: Arc<ScriptedPasswords>,
+    local_tls: Option<LocalTls>,
+) -> Arc<PostgresService<MemoryUpstream>> {
     Arc::new(PostgresService {
         name: "orders".into(),
         upstream,
@@ -34,7 +43,7 @@ fn service(
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: None,
         metrics: ListenerMetrics::detached("orders", "postgres"),
-        local_tls: None,
+        local_tls,
     })
 }
 
@@ -113,7 +122,7 @@ async fn read_startup(r: &mut DuplexStream) -> Vec<(String, String)> {
 }
 
 /// Reads the client's messages up to and including the `n`th ReadyForQuery.
-async fn read_until_ready(app: &mut DuplexStream, n: usize) -> Vec<u8> {
+async fn read_until_ready<R: AsyncRead + Unpin>(app: &mut R, n: usize) -> Vec<u8> {
     let mut tags = Vec::new();
     while tags.iter().filter(|t| **t == b'Z').count() < n {
         tags.push(read_msg(app).await.0);
@@ -308,4 +317,312 @@ fn only_refusals_of_the_token_count_as_credential_refusals() {
     ));
     assert!(!refuses_the_token("28000", "role \"u\" does not exist"));
     assert!(!refuses_the_token("3D000", "database \"d\" does not exist"));
+}
+
+/// The upstream's view of a StartupMessage, bytes as sent: `(name, value)` pairs.
+async fn read_startup_raw(r: &mut DuplexStream) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let len = r.read_i32().await.unwrap();
+    let mut body = vec![0; len as usize - 4];
+    r.read_exact(&mut body).await.unwrap();
+    let fields: Vec<&[u8]> = body[4..].split(|b| *b == 0).collect();
+    fields
+        .chunks(2)
+        .filter(|c| c.len() == 2 && !c[0].is_empty())
+        .map(|c| (c[0].to_vec(), c[1].to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn non_utf8_startup_values_go_upstream_as_sent() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let svc = service(upstream, ScriptedPasswords::new(&["token"]));
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        let params = read_startup_raw(&mut s).await;
+        s.write_all(&session_start()).await.unwrap();
+        params
+    });
+    let (mut app, session) = connect(&svc);
+    let mut opening = StartupMessage::new(ProtocolVersion::V3_0);
+    opening.set("user", &b"ren\xe9"[..]);
+    opening.set("database", "orders");
+    opening.set("application_name", &b"caf\xe9 \xff"[..]);
+    let mut bytes = BytesMut::new();
+    messages::startup_message(&opening, &mut bytes).unwrap();
+    app.write_all(&bytes).await.unwrap();
+    let tags = tokio::time::timeout(LIMIT, read_until_ready(&mut app, 1))
+        .await
+        .unwrap();
+    assert_eq!(tags, b"RSKZ");
+    let params = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+    assert_eq!(
+        params,
+        vec![
+            (b"user".to_vec(), b"entra-user".to_vec()),
+            (b"database".to_vec(), b"orders".to_vec()),
+            (b"application_name".to_vec(), b"caf\xe9 \xff".to_vec()),
+        ]
+    );
+    drop(app);
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+}
+
+/// What libpq's `sslmode=require` does: encrypt, verify nothing.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client offering these ALPN protocols.
+fn tls_client(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let provider = dbproxy_tls::provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn localhost() -> rustls_pki_types::ServerName<'static> {
+    rustls_pki_types::ServerName::try_from("localhost").unwrap()
+}
+
+fn tls(mode: LocalTlsMode) -> Option<LocalTls> {
+    let mut tls = LocalTls::self_signed().unwrap();
+    tls.mode = mode;
+    Some(tls)
+}
+
+/// An upstream that takes one login and answers it.
+fn one_login(
+    mut servers: tokio::sync::mpsc::UnboundedReceiver<DuplexStream>,
+) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+    tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        let params = read_startup(&mut s).await;
+        s.write_all(&session_start()).await.unwrap();
+        // Hold the upstream until the proxy lets go.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        params
+    })
+}
+
+#[tokio::test]
+async fn direct_tls_with_alpn_postgresql_is_served() {
+    for mode in [LocalTlsMode::Offer, LocalTlsMode::Require] {
+        let (upstream, servers) = MemoryUpstream::new();
+        let svc = service_with(upstream, ScriptedPasswords::new(&["token"]), tls(mode));
+        let server = one_login(servers);
+        let (app, session) = connect(&svc);
+        // No SSLRequest: the ClientHello is the first thing sent.
+        let mut app = tls_client(&[b"postgresql"])
+            .connect(localhost(), app)
+            .await
+            .unwrap();
+        assert_eq!(app.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+        app.write_all(&startup("app", "orders")).await.unwrap();
+        let tags = tokio::time::timeout(LIMIT, read_until_ready(&mut app, 1))
+            .await
+            .unwrap();
+        assert_eq!(tags, b"RSKZ", "{mode:?}");
+        app.write_all(&msg(b'X', b"")).await.unwrap();
+        drop(app);
+        let params = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+        assert!(params.contains(&("user".into(), "entra-user".into())));
+        tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn direct_tls_without_alpn_is_closed_without_a_word() {
+    let (upstream, _servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let svc = service_with(
+        upstream,
+        ScriptedPasswords::new(&["token"]),
+        tls(LocalTlsMode::Offer),
+    );
+    let (app, session) = connect(&svc);
+    // The handshake itself succeeds (no ALPN offered, none selected), as with PostgreSQL 17.
+    let mut app = tls_client(&[]).connect(localhost(), app).await.unwrap();
+    assert_eq!(app.get_ref().1.alpn_protocol(), None);
+    let _ = app.write_all(&startup("app", "orders")).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, app.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "nothing is sent: {got:?}");
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    assert_eq!(connects.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn tls_offering_only_other_alpn_protocols_is_refused() {
+    // Both negotiations, as PostgreSQL 17's ALPN callback refuses them.
+    for ssl_request in [false, true] {
+        let (upstream, _servers) = MemoryUpstream::new();
+        let connects = upstream.connects.clone();
+        let svc = service_with(
+            upstream,
+            ScriptedPasswords::new(&["token"]),
+            tls(LocalTlsMode::Offer),
+        );
+        let (mut app, session) = connect(&svc);
+        if ssl_request {
+            let mut req = BytesMut::new();
+            messages::ssl_request(&mut req);
+            app.write_all(&req).await.unwrap();
+            assert_eq!(app.read_u8().await.unwrap(), b'S');
+        }
+        // rustls sans-IO, so that the alert is read even though the proxy then closes.
+        let config = tls_client(&[b"h2", b"http/1.1"]).config().clone();
+        let mut tls = rustls::ClientConnection::new(config, localhost()).unwrap();
+        let mut hello = Vec::new();
+        tls.write_tls(&mut hello).unwrap();
+        app.write_all(&hello).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(LIMIT, app.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        // TLS 1.3: ALPN belongs in EncryptedExtensions, so the ServerHello is out before rustls
+        // refuses; the alert it queues then does not reach the client through tokio-rustls
+        // (here, or over TCP: tests/direct_tls.rs). local_tls.rs checks the alert itself,
+        // sans-IO. Either way the handshake never completes.
+        tls.read_tls(&mut answer.as_slice()).unwrap();
+        match tls.process_new_packets() {
+            Err(e) => assert_eq!(
+                e,
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol),
+                "{ssl_request}"
+            ),
+            Ok(_) => assert!(tls.is_handshaking(), "{ssl_request}"),
+        }
+        tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+        assert_eq!(connects.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test]
+async fn ssl_request_selects_alpn_postgresql_and_serves_clients_without_alpn() {
+    for alpn in [&[&b"postgresql"[..]][..], &[]] {
+        let (upstream, servers) = MemoryUpstream::new();
+        let svc = service_with(
+            upstream,
+            ScriptedPasswords::new(&["token"]),
+            tls(LocalTlsMode::Require),
+        );
+        let server = one_login(servers);
+        let (mut app, session) = connect(&svc);
+        let mut req = BytesMut::new();
+        messages::ssl_request(&mut req);
+        app.write_all(&req).await.unwrap();
+        assert_eq!(app.read_u8().await.unwrap(), b'S');
+        let mut app = tls_client(alpn).connect(localhost(), app).await.unwrap();
+        assert_eq!(
+            app.get_ref().1.alpn_protocol(),
+            alpn.first().copied(),
+            "selected iff offered"
+        );
+        app.write_all(&startup("app", "orders")).await.unwrap();
+        let tags = tokio::time::timeout(LIMIT, read_until_ready(&mut app, 1))
+            .await
+            .unwrap();
+        assert_eq!(tags, b"RSKZ");
+        drop(app);
+        tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+        tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn direct_tls_to_a_listener_without_tls_is_closed_without_a_word() {
+    let (upstream, _servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let svc = service(upstream, ScriptedPasswords::new(&["token"]));
+    let (app, session) = connect(&svc);
+    let connecting = tls_client(&[b"postgresql"]).connect(localhost(), app);
+    let Err(err) = tokio::time::timeout(LIMIT, connecting)
+        .await
+        .expect("no hang")
+    else {
+        panic!("accepted");
+    };
+    // The proxy closed the connection: the client saw the end of the stream, no answer.
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    assert_eq!(connects.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_direct_tls_handshake_ends_at_the_handshake_timeout() {
+    let (upstream, _servers) = MemoryUpstream::new();
+    let svc = service_with(
+        upstream,
+        ScriptedPasswords::new(&["token"]),
+        tls(LocalTlsMode::Offer),
+    );
+    let (mut app, session) = connect(&svc);
+    // The first bytes of a ClientHello record, then nothing.
+    app.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).await.unwrap();
+    assert!(got.is_empty(), "{got:?}");
 }
