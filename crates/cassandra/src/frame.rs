@@ -13,7 +13,9 @@
 //! ```
 //!
 //! `version`'s top bit is the direction (0x80 = response); `stream` is a signed 16-bit id
-//! (-1 for server-pushed EVENTs); `length` is the body length, big-endian, at most 256 MB.
+//! (-1 for server-pushed EVENTs); `length` is the body length, big-endian (the protocol allows
+//! 256 MB; the proxy accepts what its listener's cap allows, by default Cassandra's own
+//! 16 MiB, see [`DEFAULT_MAX_FRAME_SIZE`]).
 //! Flags: 0x01 compressed body, 0x02 tracing, 0x04 custom payload, 0x08 warning, 0x10 beta.
 //! v1/v2 headers (8 bytes, a one-byte stream) are read and written too, only so that a very
 //! old client can be told its version is unsupported.
@@ -32,7 +34,16 @@
 //!
 //! With `COMPRESSION` negotiated in STARTUP, a frame whose flag 0x01 is set carries a
 //! compressed body: `lz4` = `[int uncompressed length]` + an LZ4 block; `snappy` = a raw
-//! snappy block. See [`BodyCompression`].
+//! snappy block. See [`BodyCompression`]. Either announces its uncompressed length up front,
+//! and that length is checked against the cap before anything is allocated for it.
+//!
+//! # Bounds
+//!
+//! Buffers grow with the bytes that arrive, never with a length the peer announces: the
+//! decoder checks a header's length against its cap and then waits for the bytes, without
+//! reserving room for them. A client frame over the cap can be discarded as it streams in
+//! ([`FrameDecoder::discard_oversized`]), the way Cassandra does, and answered with
+//! [`CqlError::RequestTooBig`] on its stream.
 
 use std::collections::VecDeque;
 
@@ -47,6 +58,9 @@ pub const HEADER_LEN: usize = 9;
 pub const LEGACY_V2_HEADER_LEN: usize = 8;
 /// The protocol's own bound on a frame body: 256 MB.
 pub const MAX_FRAME_LEN: usize = 256 * 1024 * 1024;
+/// Cassandra 5.0's default `native_transport_max_frame_size` (16 MiB): the largest frame,
+/// header included, it accepts from a client; the proxy's default cap.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 /// A bound for frames exchanged before READY (OPTIONS, STARTUP, AUTHENTICATE, …).
 pub const HANDSHAKE_MAX_FRAME_LEN: usize = 64 * 1024;
 
@@ -265,15 +279,16 @@ impl Frame {
     }
 
     /// The body uncompressed: the raw body, or decompressed with `compression` if flag 0x01
-    /// is set. A compressed frame on a connection without compression is an error.
-    pub fn plain_body(&self, compression: BodyCompression) -> Result<Bytes, CqlError> {
+    /// is set, at most `max` bytes ([`CqlError::BodyTooLarge`] otherwise, found before
+    /// decompressing). A compressed frame on a connection without compression is an error.
+    pub fn plain_body(&self, compression: BodyCompression, max: usize) -> Result<Bytes, CqlError> {
         if self.is_compressed() {
             if compression == BodyCompression::None {
                 return Err(CqlError::Decompress(
                     "compressed frame but no compression was negotiated".into(),
                 ));
             }
-            compression.decompress(&self.body)
+            compression.decompress_bounded(&self.body, max)
         } else {
             Ok(self.body.clone())
         }
@@ -314,12 +329,14 @@ impl BodyCompression {
             .unwrap_or_default()
     }
 
-    /// Decompresses a body; the uncompressed size is bounded by [`MAX_FRAME_LEN`].
+    /// Decompresses a body; the uncompressed size is bounded by [`DEFAULT_MAX_FRAME_SIZE`].
     pub fn decompress(&self, body: &[u8]) -> Result<Bytes, CqlError> {
-        self.decompress_bounded(body, MAX_FRAME_LEN)
+        self.decompress_bounded(body, DEFAULT_MAX_FRAME_SIZE)
     }
 
-    /// Decompresses a body whose uncompressed size must not exceed `max`.
+    /// Decompresses a body whose uncompressed size must not exceed `max`: the length the
+    /// body announces (lz4's `[int]` prefix, snappy's varint) is checked before decompressing,
+    /// so nothing larger than `max` is ever allocated ([`CqlError::BodyTooLarge`]).
     pub fn decompress_bounded(&self, body: &[u8], max: usize) -> Result<Bytes, CqlError> {
         match self {
             BodyCompression::None => Ok(Bytes::copy_from_slice(body)),
@@ -329,9 +346,11 @@ impl BodyCompression {
                 }
                 let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
                 if len > max {
-                    return Err(CqlError::Decompress(format!(
-                        "lz4 body announces {len} bytes, limit {max}"
-                    )));
+                    return Err(CqlError::BodyTooLarge {
+                        algorithm: "lz4",
+                        len: len as u64,
+                        max,
+                    });
                 }
                 lz4_flex::block::decompress(&body[4..], len)
                     .map(Bytes::from)
@@ -341,9 +360,11 @@ impl BodyCompression {
                 let len = snap::raw::decompress_len(body)
                     .map_err(|e| CqlError::Decompress(format!("snappy: {e}")))?;
                 if len > max {
-                    return Err(CqlError::Decompress(format!(
-                        "snappy body announces {len} bytes, limit {max}"
-                    )));
+                    return Err(CqlError::BodyTooLarge {
+                        algorithm: "snappy",
+                        len: len as u64,
+                        max,
+                    });
                 }
                 snap::raw::Decoder::new()
                     .decompress_vec(body)
@@ -397,6 +418,21 @@ pub struct FrameDecoder {
     ready: VecDeque<Frame>,
     /// v5: the part of a large frame gathered from non-self-contained segments so far.
     partial: BytesMut,
+    /// Legacy framing: discard frames over the cap as they arrive instead of failing at once.
+    discard_oversized: bool,
+    /// The oversized frame being discarded.
+    discarding: Option<Discarding>,
+}
+
+/// An oversized frame whose bytes are being dropped as they arrive.
+#[derive(Debug, Clone, Copy)]
+struct Discarding {
+    /// Bytes of it still to come.
+    remaining: u64,
+    /// Its length, header included.
+    total: u64,
+    version: u8,
+    stream: i16,
 }
 
 impl FrameDecoder {
@@ -407,7 +443,18 @@ impl FrameDecoder {
             framing: Framing::Legacy,
             ready: VecDeque::new(),
             partial: BytesMut::new(),
+            discard_oversized: false,
+            discarding: None,
         }
+    }
+
+    /// Legacy framing: a frame over the cap is not an immediate error but is skipped as its
+    /// bytes arrive (nothing of it is buffered); once it has passed, [`FrameDecoder::decode`]
+    /// returns [`CqlError::RequestTooBig`] and the decoder is ready for the next frame. This
+    /// is what Cassandra does with a request over `native_transport_max_frame_size`. v5
+    /// framing ignores this: an oversized frame is [`CqlError::FrameTooLarge`] there.
+    pub fn discard_oversized(&mut self, on: bool) {
+        self.discard_oversized = on;
     }
 
     /// Switches framing (e.g. to v5 segments after READY).
@@ -425,17 +472,58 @@ impl FrameDecoder {
         self.max_frame_len = max_frame_len;
     }
 
-    /// True if the decoder holds bytes of an unfinished v5 frame or frames not yet returned.
+    /// True if the decoder holds bytes of an unfinished v5 frame or frames not yet returned,
+    /// or is in the middle of discarding an oversized frame.
     pub fn has_buffered(&self) -> bool {
-        !self.ready.is_empty() || !self.partial.is_empty()
+        !self.ready.is_empty() || !self.partial.is_empty() || self.discarding.is_some()
     }
 
     /// The next frame: consumes its bytes from `buf`. `Ok(None)`: more bytes are needed.
-    /// The announced length is checked before the body is buffered.
+    /// The announced length is checked before the body is buffered, and no room is reserved
+    /// for it: `buf` grows only as the caller reads bytes into it.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CqlError> {
         match self.framing {
-            Framing::Legacy => self.decode_legacy(buf),
+            Framing::Legacy => self.decode_top_level(buf),
             Framing::V5 { lz4 } => self.decode_v5(buf, lz4),
+        }
+    }
+
+    /// Legacy framing straight on the wire, with the discard mode.
+    fn decode_top_level(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CqlError> {
+        if let Some(d) = self.discarding.as_mut() {
+            let n = usize::try_from(d.remaining).map_or(buf.len(), |r| r.min(buf.len()));
+            buf.advance(n);
+            d.remaining -= n as u64;
+            if d.remaining > 0 {
+                return Ok(None);
+            }
+            let d = *d;
+            self.discarding = None;
+            return Err(CqlError::RequestTooBig {
+                len: d.total,
+                max: self.max_frame_len + HEADER_LEN,
+                version: d.version,
+                stream: d.stream,
+            });
+        }
+        match self.decode_legacy(buf) {
+            Err(CqlError::FrameTooLarge {
+                len,
+                version,
+                stream,
+                ..
+            }) if self.discard_oversized => {
+                let header_len = buf.first().map_or(HEADER_LEN, |b| FrameHeader::len_for(*b));
+                let total = len + header_len as u64;
+                self.discarding = Some(Discarding {
+                    remaining: total,
+                    total,
+                    version,
+                    stream,
+                });
+                self.decode_top_level(buf)
+            }
+            other => other,
         }
     }
 
@@ -460,7 +548,7 @@ impl FrameDecoder {
         let header_len = header.encoded_len();
         let total = header_len + body_len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // No `reserve` for the announced length: the buffer grows as bytes arrive.
             return Ok(None);
         }
         buf.advance(header_len);
@@ -719,8 +807,163 @@ mod tests {
         // compressed flag without compression
         let f = Frame::new(4, true, flags::COMPRESSION, 0, opcode::RESULT, lz4);
         assert!(matches!(
-            f.plain_body(BodyCompression::None),
+            f.plain_body(BodyCompression::None, MAX_FRAME_LEN),
             Err(CqlError::Decompress(_))
+        ));
+    }
+
+    /// A v4 QUERY header announcing `body_len` bytes, on `stream`.
+    fn header_announcing(stream: i16, body_len: u32) -> BytesMut {
+        let mut buf = BytesMut::new();
+        FrameHeader {
+            version: 4,
+            response: false,
+            flags: 0,
+            stream,
+            opcode: opcode::QUERY,
+            body_len,
+        }
+        .encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing() {
+        // 1 MiB announced, under the cap: the decoder waits without growing the buffer.
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN_FOR_TESTS);
+        let mut buf = header_announcing(1, 1024 * 1024);
+        let before = buf.capacity();
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert_eq!(buf.capacity(), before);
+        assert!(buf.capacity() < 1024, "{}", buf.capacity());
+    }
+
+    const DEFAULT_MAX_FRAME_LEN_FOR_TESTS: usize = DEFAULT_MAX_FRAME_SIZE - HEADER_LEN;
+
+    #[test]
+    fn an_oversized_frame_is_discarded_as_it_arrives_then_refused_like_cassandra() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN_FOR_TESTS);
+        dec.discard_oversized(true);
+        // 200 MiB announced; the body trickles in 64 KiB at a time.
+        let announced: u32 = 200 * 1024 * 1024;
+        let mut buf = header_announcing(7, announced);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty() && dec.has_buffered());
+        let chunk = vec![0xAAu8; 64 * 1024];
+        let mut sent = 0usize;
+        let err = loop {
+            let n = chunk.len().min(announced as usize - sent);
+            buf.extend_from_slice(&chunk[..n]);
+            sent += n;
+            if sent == announced as usize {
+                // the next frame follows in the same read
+                query_frame(8, 3).encode(&mut buf);
+            }
+            match dec.decode(&mut buf) {
+                Ok(None) => assert!(buf.is_empty(), "nothing of it is kept"),
+                Ok(Some(f)) => panic!("got a frame {f:?}"),
+                Err(e) => break e,
+            }
+            assert!(buf.capacity() <= 2 * chunk.len() + 64);
+        };
+        assert_eq!(sent, announced as usize);
+        let CqlError::RequestTooBig {
+            len,
+            max,
+            version,
+            stream,
+        } = err
+        else {
+            panic!("expected RequestTooBig, got {err:?}");
+        };
+        assert_eq!(
+            (len, max, version, stream),
+            (u64::from(announced) + 9, 16 << 20, 4, 7)
+        );
+        assert_eq!(
+            err.to_string(),
+            "Request is too big: length 209715209 exceeds maximum allowed length 16777216."
+        );
+        assert_eq!(err.code(), crate::messages::codes::INVALID);
+        assert!(!err.is_fatal());
+        // The connection goes on.
+        assert!(!dec.has_buffered());
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(query_frame(8, 3)));
+    }
+
+    #[test]
+    fn without_discard_mode_an_oversized_frame_is_fatal() {
+        let mut dec = FrameDecoder::new(1000);
+        let mut buf = header_announcing(3, 1001);
+        let err = dec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CqlError::FrameTooLarge { len: 1001, .. }));
+        assert!(err.is_fatal());
+    }
+
+    #[test]
+    fn lz4_and_snappy_bombs_are_refused_before_decompressing() {
+        // lz4: a 4-byte prefix announcing 2 GiB, then a few bytes of "block".
+        let bomb = [0x7f, 0xff, 0xff, 0xff, 0x1f, 0x00, 0x01, 0x00];
+        match BodyCompression::Lz4.decompress_bounded(&bomb, 1 << 20) {
+            Err(CqlError::BodyTooLarge {
+                algorithm: "lz4",
+                len,
+                max,
+            }) => assert_eq!((len, max), (0x7fff_ffff, 1 << 20)),
+            other => panic!("expected BodyTooLarge, got {other:?}"),
+        }
+        // snappy: a varint announcing ~4 GiB (0xffffffff), then garbage.
+        let bomb = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x00];
+        match BodyCompression::Snappy.decompress_bounded(&bomb, 1 << 20) {
+            Err(CqlError::BodyTooLarge {
+                algorithm: "snappy",
+                len,
+                ..
+            }) => assert_eq!(len, 0xffff_ffff),
+            other => panic!("expected BodyTooLarge, got {other:?}"),
+        }
+        // snappy: a real 2 MiB body refused under a 1 MiB bound.
+        let body = vec![7u8; 2 << 20];
+        let snappy = BodyCompression::Snappy.compress(&body).unwrap();
+        assert!(snappy.len() < 200_000);
+        let f = Frame::new(4, false, flags::COMPRESSION, 0, opcode::QUERY, snappy);
+        assert!(matches!(
+            f.plain_body(BodyCompression::Snappy, 1 << 20),
+            Err(CqlError::BodyTooLarge { .. })
+        ));
+        assert_eq!(
+            f.plain_body(BodyCompression::Snappy, 2 << 20)
+                .unwrap()
+                .len(),
+            2 << 20
+        );
+        // An uncompressed body is not copied or checked here (the decoder bounded it).
+        let f = query_frame(1, 10);
+        assert_eq!(f.plain_body(BodyCompression::Lz4, 5).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn a_v5_segment_header_reserves_nothing() {
+        let (_, mut enc) = v5(false);
+        let mut wire = BytesMut::new();
+        enc.encode(&v5_frame(1, 100_000), &mut wire);
+        let mut buf = BytesMut::from(&wire[..segment::UNCOMPRESSED_HEADER_LEN]);
+        let before = buf.capacity();
+        assert_eq!(segment::decode(&mut buf, false).unwrap(), None);
+        assert_eq!(buf.capacity(), before);
+    }
+
+    #[test]
+    fn v5_ignores_the_discard_mode() {
+        let (_, mut enc) = v5(false);
+        let mut wire = BytesMut::new();
+        enc.encode(&v5_frame(1, 300_000), &mut wire);
+        let mut dec = FrameDecoder::new(100_000);
+        dec.set_framing(Framing::V5 { lz4: false });
+        dec.discard_oversized(true);
+        assert!(matches!(
+            dec.decode(&mut wire),
+            Err(CqlError::FrameTooLarge { .. })
         ));
     }
 
