@@ -418,8 +418,9 @@ pub struct FrameDecoder {
     ready: VecDeque<Frame>,
     /// v5: the part of a large frame gathered from non-self-contained segments so far.
     partial: BytesMut,
-    /// Legacy framing: discard frames over the cap as they arrive instead of failing at once.
-    discard_oversized: bool,
+    /// Legacy framing: requests of this version over the cap are discarded as they arrive
+    /// instead of failing at once.
+    discard_version: Option<u8>,
     /// The oversized frame being discarded.
     discarding: Option<Discarding>,
 }
@@ -443,18 +444,20 @@ impl FrameDecoder {
             framing: Framing::Legacy,
             ready: VecDeque::new(),
             partial: BytesMut::new(),
-            discard_oversized: false,
+            discard_version: None,
             discarding: None,
         }
     }
 
-    /// Legacy framing: a frame over the cap is not an immediate error but is skipped as its
-    /// bytes arrive (nothing of it is buffered); once it has passed, [`FrameDecoder::decode`]
-    /// returns [`CqlError::RequestTooBig`] and the decoder is ready for the next frame. This
-    /// is what Cassandra does with a request over `native_transport_max_frame_size`. v5
-    /// framing ignores this: an oversized frame is [`CqlError::FrameTooLarge`] there.
-    pub fn discard_oversized(&mut self, on: bool) {
-        self.discard_oversized = on;
+    /// Legacy framing: a request of protocol `version` over the cap is not an immediate error
+    /// but is skipped as its bytes arrive (nothing of it is buffered); once it has passed,
+    /// [`FrameDecoder::decode`] returns [`CqlError::RequestTooBig`] and the decoder is ready
+    /// for the next frame. This is what Cassandra does with a request over
+    /// `native_transport_max_frame_size`. Any other oversized header (a response, another
+    /// version: garbage) stays [`CqlError::FrameTooLarge`], as does every oversized frame in
+    /// v5 framing. `None` turns the mode off.
+    pub fn discard_oversized(&mut self, version: Option<u8>) {
+        self.discard_version = version;
     }
 
     /// Switches framing (e.g. to v5 segments after READY).
@@ -506,25 +509,19 @@ impl FrameDecoder {
                 stream: d.stream,
             });
         }
-        match self.decode_legacy(buf) {
-            Err(CqlError::FrameTooLarge {
-                len,
-                version,
-                stream,
-                ..
-            }) if self.discard_oversized => {
-                let header_len = buf.first().map_or(HEADER_LEN, |b| FrameHeader::len_for(*b));
-                let total = len + header_len as u64;
+        if let (Some(version), Some(h)) = (self.discard_version, FrameHeader::parse(buf)) {
+            if h.version == version && !h.response && h.body_len as usize > self.max_frame_len {
+                let total = u64::from(h.body_len) + h.encoded_len() as u64;
                 self.discarding = Some(Discarding {
                     remaining: total,
                     total,
-                    version,
-                    stream,
+                    version: h.version,
+                    stream: h.stream,
                 });
-                self.decode_top_level(buf)
+                return self.decode_top_level(buf);
             }
-            other => other,
         }
+        self.decode_legacy(buf)
     }
 
     fn check_len(&self, header: &FrameHeader) -> Result<usize, CqlError> {
@@ -843,7 +840,7 @@ mod tests {
     #[test]
     fn an_oversized_frame_is_discarded_as_it_arrives_then_refused_like_cassandra() {
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN_FOR_TESTS);
-        dec.discard_oversized(true);
+        dec.discard_oversized(Some(4));
         // 200 MiB announced; the body trickles in 64 KiB at a time.
         let announced: u32 = 200 * 1024 * 1024;
         let mut buf = header_announcing(7, announced);
@@ -898,6 +895,18 @@ mod tests {
         let err = dec.decode(&mut buf).unwrap_err();
         assert!(matches!(err, CqlError::FrameTooLarge { len: 1001, .. }));
         assert!(err.is_fatal());
+        // In discard mode too, for another version or a response: garbage, not a request.
+        dec.discard_oversized(Some(3));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(CqlError::FrameTooLarge { .. })
+        ));
+        dec.discard_oversized(Some(4));
+        buf[0] = 0x84;
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(CqlError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -960,7 +969,7 @@ mod tests {
         enc.encode(&v5_frame(1, 300_000), &mut wire);
         let mut dec = FrameDecoder::new(100_000);
         dec.set_framing(Framing::V5 { lz4: false });
-        dec.discard_oversized(true);
+        dec.discard_oversized(Some(5));
         assert!(matches!(
             dec.decode(&mut wire),
             Err(CqlError::FrameTooLarge { .. })
