@@ -11,7 +11,7 @@
 //! With local TLS offered (not required), the first byte tells: a TLS ClientHello starts with
 //! 0x16, a CQL frame with its version byte. Frames are split by [`FrameDecoder`] with the
 //! handshake's small frame cap. Bytes the driver sends after STARTUP stay in the buffer for
-//! the relay. Sockets are read at most [`READ_CHUNK`] bytes at a time ([`read_some`], the
+//! the relay. Sockets are read at most `READ_CHUNK` (64 KiB) bytes at a time (`read_some`, the
 //! relay's reads too).
 
 use bytes::{BufMut, BytesMut};
