@@ -693,3 +693,68 @@ async fn over_the_cap_clients_get_overloaded() {
     assert!(String::from_utf8_lossy(&reply).contains("too many connections"));
     drop(first);
 }
+
+/// Reads one v4 frame: (stream, opcode, body).
+async fn read_v4_frame(c: &mut tokio::net::TcpStream) -> (i16, u8, Vec<u8>) {
+    let mut header = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(20), c.read_exact(&mut header))
+        .await
+        .expect("a frame in time")
+        .expect("a frame header");
+    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).await.unwrap();
+    (i16::from_be_bytes([header[2], header[3]]), header[4], body)
+}
+
+/// A QUERY over Cassandra's default native_transport_max_frame_size (16 MiB) gets the ERROR
+/// Cassandra 5.0 sends (0x2200 "Request is too big: …") on its stream, without the proxy
+/// holding it; the session goes on, and another session on the listener is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_query_gets_cassandras_error_while_others_work() {
+    let a = Account::new(1, "bigframe").await;
+    let proxy = a.proxy().spawn();
+    let good = session(&proxy, false).await;
+    let addr = proxy.addrs["cassandra"];
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    dbproxy_cassandra::messages::startup_frame(4, 1, &[("CQL_VERSION", "3.0.0")]).encode(&mut out);
+    c.write_all(&out).await.unwrap();
+    let (stream, op, _) = read_v4_frame(&mut c).await;
+    assert_eq!((stream, op), (1, 0x02), "READY");
+
+    // QUERY on stream 2 announcing 20 MiB; the first 8 MiB of it.
+    let announced: u32 = 20 << 20;
+    let mut header = vec![0x04, 0, 0, 2, 0x07];
+    header.extend_from_slice(&announced.to_be_bytes());
+    c.write_all(&header).await.unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..8 {
+        c.write_all(&chunk).await.unwrap();
+    }
+    // Meanwhile the other session works.
+    good.query_unpaged("SELECT release_version FROM system.local", &[])
+        .await
+        .unwrap();
+    for _ in 8..20 {
+        c.write_all(&chunk).await.unwrap();
+    }
+    let (stream, op, body) = read_v4_frame(&mut c).await;
+    assert_eq!((stream, op), (2, 0x00), "an ERROR on stream 2");
+    let (code, message) = dbproxy_cassandra::messages::parse_error(&body).unwrap();
+    assert_eq!(code, 0x2200, "Invalid, as Cassandra answers: {message}");
+    assert_eq!(
+        message,
+        "Request is too big: length 20971529 exceeds maximum allowed length 16777216."
+    );
+    // The same connection carries on, as with Cassandra.
+    let mut out = bytes::BytesMut::new();
+    dbproxy_cassandra::schema::query_frame(4, 3, "SELECT release_version FROM system.local")
+        .encode(&mut out);
+    c.write_all(&out).await.unwrap();
+    let (stream, op, _) = read_v4_frame(&mut c).await;
+    assert_eq!((stream, op), (3, 0x08), "RESULT\n{}", proxy.log());
+    good.query_unpaged("SELECT release_version FROM system.local", &[])
+        .await
+        .unwrap();
+}

@@ -180,6 +180,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
                 prepared: PreparedStatements::new(),
                 local_tls,
                 schema: Default::default(),
+                max_frame_size: c.max_frame_size,
             })),
             (Protocol::Cassandra, None) => {
                 anyhow::bail!("listener {}: CQL settings missing", l.name)

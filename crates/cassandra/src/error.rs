@@ -2,7 +2,9 @@
 //!
 //! Every error carries the CQL error code the proxy should answer the client with
 //! ([`CqlError::code`]): malformed or unexpected input is a protocol error (`0x000A`), a failure
-//! on the proxy's own side (compressing a body) is a server error (`0x0000`).
+//! on the proxy's own side (compressing a body) is a server error (`0x0000`), and a request
+//! over the frame cap is what Cassandra calls it, an invalid request (`0x2200`) — the one error
+//! after which the connection can go on ([`CqlError::is_fatal`]).
 
 use crate::frame::Frame;
 use crate::messages::{codes, error_frame};
@@ -23,6 +25,32 @@ pub enum CqlError {
         version: u8,
         /// The stream id in the offending header.
         stream: i16,
+    },
+    /// A client frame over the cap, discarded as it arrived
+    /// ([`crate::FrameDecoder::discard_oversized`]). Worded and coded as Cassandra 5.0 words it
+    /// (`Envelope.Decoder`: an `InvalidRequestException` on the frame's stream); the
+    /// connection stays usable.
+    #[error("Request is too big: length {len} exceeds maximum allowed length {max}.")]
+    RequestTooBig {
+        /// The frame's length, header included.
+        len: u64,
+        /// The cap, header included.
+        max: usize,
+        /// The protocol version in the offending header (without the direction bit).
+        version: u8,
+        /// The stream id in the offending header.
+        stream: i16,
+    },
+    /// A compressed body announcing an uncompressed length over the bound; refused before
+    /// anything is decompressed.
+    #[error("{algorithm} body announces {len} uncompressed bytes, over the limit of {max} bytes")]
+    BodyTooLarge {
+        /// `"lz4"` or `"snappy"`.
+        algorithm: &'static str,
+        /// The announced uncompressed length.
+        len: u64,
+        /// The bound.
+        max: usize,
     },
     /// Bytes that do not follow the protocol's layout.
     #[error("malformed {what}: {detail}")]
@@ -72,8 +100,15 @@ impl CqlError {
     pub fn code(&self) -> i32 {
         match self {
             CqlError::Compress(_) => codes::SERVER_ERROR,
+            CqlError::RequestTooBig { .. } => codes::INVALID,
             _ => codes::PROTOCOL_ERROR,
         }
+    }
+
+    /// False only for [`CqlError::RequestTooBig`]: the oversized frame is gone and the
+    /// connection can carry on, as with Cassandra. Every other error closes the connection.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, CqlError::RequestTooBig { .. })
     }
 
     /// An ERROR frame telling the client about this error ([`CqlError::code`] and the

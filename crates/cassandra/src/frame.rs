@@ -13,7 +13,9 @@
 //! ```
 //!
 //! `version`'s top bit is the direction (0x80 = response); `stream` is a signed 16-bit id
-//! (-1 for server-pushed EVENTs); `length` is the body length, big-endian, at most 256 MB.
+//! (-1 for server-pushed EVENTs); `length` is the body length, big-endian (the protocol allows
+//! 256 MB; the proxy accepts what its listener's cap allows, by default Cassandra's own
+//! 16 MiB, see [`DEFAULT_MAX_FRAME_SIZE`]).
 //! Flags: 0x01 compressed body, 0x02 tracing, 0x04 custom payload, 0x08 warning, 0x10 beta.
 //! v1/v2 headers (8 bytes, a one-byte stream) are read and written too, only so that a very
 //! old client can be told its version is unsupported.
@@ -32,12 +34,22 @@
 //!
 //! With `COMPRESSION` negotiated in STARTUP, a frame whose flag 0x01 is set carries a
 //! compressed body: `lz4` = `[int uncompressed length]` + an LZ4 block; `snappy` = a raw
-//! snappy block. See [`BodyCompression`].
+//! snappy block. See [`BodyCompression`]. Either announces its uncompressed length up front,
+//! and that length is checked against the cap before anything is allocated for it.
+//!
+//! # Bounds
+//!
+//! Buffers grow with the bytes that arrive, never with a length the peer announces: the
+//! decoder checks a header's length against its cap and then waits for the bytes, without
+//! reserving room for them. A client frame over the cap can be discarded as it streams in
+//! ([`FrameDecoder::discard_oversized`]), the way Cassandra does, and answered with
+//! [`CqlError::RequestTooBig`] on its stream.
 
 use std::collections::VecDeque;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub use crate::compression::BodyCompression;
 use crate::error::CqlError;
 use crate::segment;
 
@@ -47,6 +59,9 @@ pub const HEADER_LEN: usize = 9;
 pub const LEGACY_V2_HEADER_LEN: usize = 8;
 /// The protocol's own bound on a frame body: 256 MB.
 pub const MAX_FRAME_LEN: usize = 256 * 1024 * 1024;
+/// Cassandra 5.0's default `native_transport_max_frame_size` (16 MiB): the largest frame,
+/// header included, it accepts from a client; the proxy's default cap.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 * 1024 * 1024;
 /// A bound for frames exchanged before READY (OPTIONS, STARTUP, AUTHENTICATE, …).
 pub const HANDSHAKE_MAX_FRAME_LEN: usize = 64 * 1024;
 
@@ -265,111 +280,18 @@ impl Frame {
     }
 
     /// The body uncompressed: the raw body, or decompressed with `compression` if flag 0x01
-    /// is set. A compressed frame on a connection without compression is an error.
-    pub fn plain_body(&self, compression: BodyCompression) -> Result<Bytes, CqlError> {
+    /// is set, at most `max` bytes ([`CqlError::BodyTooLarge`] otherwise, found before
+    /// decompressing). A compressed frame on a connection without compression is an error.
+    pub fn plain_body(&self, compression: BodyCompression, max: usize) -> Result<Bytes, CqlError> {
         if self.is_compressed() {
             if compression == BodyCompression::None {
                 return Err(CqlError::Decompress(
                     "compressed frame but no compression was negotiated".into(),
                 ));
             }
-            compression.decompress(&self.body)
+            compression.decompress_bounded(&self.body, max)
         } else {
             Ok(self.body.clone())
-        }
-    }
-}
-
-/// The body compression negotiated by STARTUP's `COMPRESSION` option (v3/v4 frame flag 0x01).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BodyCompression {
-    /// No compression negotiated.
-    #[default]
-    None,
-    /// `lz4`: `[int uncompressed length]` followed by one LZ4 block.
-    Lz4,
-    /// `snappy`: one raw snappy block.
-    Snappy,
-}
-
-impl BodyCompression {
-    /// From a STARTUP `COMPRESSION` value (case-insensitive); `None` if unknown.
-    pub fn from_option(value: &str) -> Option<BodyCompression> {
-        if value.eq_ignore_ascii_case("lz4") {
-            Some(BodyCompression::Lz4)
-        } else if value.eq_ignore_ascii_case("snappy") {
-            Some(BodyCompression::Snappy)
-        } else {
-            None
-        }
-    }
-
-    /// From a STARTUP options list: the `COMPRESSION` entry, [`BodyCompression::None`] if
-    /// absent or unknown.
-    pub fn from_startup_options(options: &[(String, String)]) -> BodyCompression {
-        options
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("COMPRESSION"))
-            .and_then(|(_, v)| BodyCompression::from_option(v))
-            .unwrap_or_default()
-    }
-
-    /// Decompresses a body; the uncompressed size is bounded by [`MAX_FRAME_LEN`].
-    pub fn decompress(&self, body: &[u8]) -> Result<Bytes, CqlError> {
-        self.decompress_bounded(body, MAX_FRAME_LEN)
-    }
-
-    /// Decompresses a body whose uncompressed size must not exceed `max`.
-    pub fn decompress_bounded(&self, body: &[u8], max: usize) -> Result<Bytes, CqlError> {
-        match self {
-            BodyCompression::None => Ok(Bytes::copy_from_slice(body)),
-            BodyCompression::Lz4 => {
-                if body.len() < 4 {
-                    return Err(CqlError::Decompress("lz4 body shorter than 4 bytes".into()));
-                }
-                let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-                if len > max {
-                    return Err(CqlError::Decompress(format!(
-                        "lz4 body announces {len} bytes, limit {max}"
-                    )));
-                }
-                lz4_flex::block::decompress(&body[4..], len)
-                    .map(Bytes::from)
-                    .map_err(|e| CqlError::Decompress(format!("lz4: {e}")))
-            }
-            BodyCompression::Snappy => {
-                let len = snap::raw::decompress_len(body)
-                    .map_err(|e| CqlError::Decompress(format!("snappy: {e}")))?;
-                if len > max {
-                    return Err(CqlError::Decompress(format!(
-                        "snappy body announces {len} bytes, limit {max}"
-                    )));
-                }
-                snap::raw::Decoder::new()
-                    .decompress_vec(body)
-                    .map(Bytes::from)
-                    .map_err(|e| CqlError::Decompress(format!("snappy: {e}")))
-            }
-        }
-    }
-
-    /// Compresses a body in this algorithm's wire format.
-    pub fn compress(&self, body: &[u8]) -> Result<Bytes, CqlError> {
-        match self {
-            BodyCompression::None => Ok(Bytes::copy_from_slice(body)),
-            BodyCompression::Lz4 => {
-                let len = u32::try_from(body.len())
-                    .map_err(|_| CqlError::Compress("body too long for lz4".into()))?;
-                let mut out =
-                    Vec::with_capacity(4 + lz4_flex::block::get_maximum_output_size(body.len()));
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(&lz4_flex::block::compress(body));
-                Ok(Bytes::from(out))
-            }
-            BodyCompression::Snappy => snap::raw::Encoder::new()
-                .compress_vec(body)
-                .map(Bytes::from)
-                .map_err(|e| CqlError::Compress(format!("snappy: {e}"))),
         }
     }
 }
@@ -397,6 +319,22 @@ pub struct FrameDecoder {
     ready: VecDeque<Frame>,
     /// v5: the part of a large frame gathered from non-self-contained segments so far.
     partial: BytesMut,
+    /// Legacy framing: requests of this version over the cap are discarded as they arrive
+    /// instead of failing at once.
+    discard_version: Option<u8>,
+    /// The oversized frame being discarded.
+    discarding: Option<Discarding>,
+}
+
+/// An oversized frame whose bytes are being dropped as they arrive.
+#[derive(Debug, Clone, Copy)]
+struct Discarding {
+    /// Bytes of it still to come.
+    remaining: u64,
+    /// Its length, header included.
+    total: u64,
+    version: u8,
+    stream: i16,
 }
 
 impl FrameDecoder {
@@ -407,7 +345,20 @@ impl FrameDecoder {
             framing: Framing::Legacy,
             ready: VecDeque::new(),
             partial: BytesMut::new(),
+            discard_version: None,
+            discarding: None,
         }
+    }
+
+    /// Legacy framing: a request of protocol `version` over the cap is not an immediate error
+    /// but is skipped as its bytes arrive (nothing of it is buffered); once it has passed,
+    /// [`FrameDecoder::decode`] returns [`CqlError::RequestTooBig`] and the decoder is ready
+    /// for the next frame. This is what Cassandra does with a request over
+    /// `native_transport_max_frame_size`. Any other oversized header (a response, another
+    /// version: garbage) stays [`CqlError::FrameTooLarge`], as does every oversized frame in
+    /// v5 framing. `None` turns the mode off.
+    pub fn discard_oversized(&mut self, version: Option<u8>) {
+        self.discard_version = version;
     }
 
     /// Switches framing (e.g. to v5 segments after READY).
@@ -425,18 +376,53 @@ impl FrameDecoder {
         self.max_frame_len = max_frame_len;
     }
 
-    /// True if the decoder holds bytes of an unfinished v5 frame or frames not yet returned.
+    /// True if the decoder holds bytes of an unfinished v5 frame or frames not yet returned,
+    /// or is in the middle of discarding an oversized frame.
     pub fn has_buffered(&self) -> bool {
-        !self.ready.is_empty() || !self.partial.is_empty()
+        !self.ready.is_empty() || !self.partial.is_empty() || self.discarding.is_some()
     }
 
     /// The next frame: consumes its bytes from `buf`. `Ok(None)`: more bytes are needed.
-    /// The announced length is checked before the body is buffered.
+    /// The announced length is checked before the body is buffered, and no room is reserved
+    /// for it: `buf` grows only as the caller reads bytes into it.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CqlError> {
         match self.framing {
-            Framing::Legacy => self.decode_legacy(buf),
+            Framing::Legacy => self.decode_top_level(buf),
             Framing::V5 { lz4 } => self.decode_v5(buf, lz4),
         }
+    }
+
+    /// Legacy framing straight on the wire, with the discard mode.
+    fn decode_top_level(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CqlError> {
+        if let Some(d) = self.discarding.as_mut() {
+            let n = usize::try_from(d.remaining).map_or(buf.len(), |r| r.min(buf.len()));
+            buf.advance(n);
+            d.remaining -= n as u64;
+            if d.remaining > 0 {
+                return Ok(None);
+            }
+            let d = *d;
+            self.discarding = None;
+            return Err(CqlError::RequestTooBig {
+                len: d.total,
+                max: self.max_frame_len + HEADER_LEN,
+                version: d.version,
+                stream: d.stream,
+            });
+        }
+        if let (Some(version), Some(h)) = (self.discard_version, FrameHeader::parse(buf)) {
+            if h.version == version && !h.response && h.body_len as usize > self.max_frame_len {
+                let total = u64::from(h.body_len) + h.encoded_len() as u64;
+                self.discarding = Some(Discarding {
+                    remaining: total,
+                    total,
+                    version: h.version,
+                    stream: h.stream,
+                });
+                return self.decode_top_level(buf);
+            }
+        }
+        self.decode_legacy(buf)
     }
 
     fn check_len(&self, header: &FrameHeader) -> Result<usize, CqlError> {
@@ -460,7 +446,7 @@ impl FrameDecoder {
         let header_len = header.encoded_len();
         let total = header_len + body_len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // No `reserve` for the announced length: the buffer grows as bytes arrive.
             return Ok(None);
         }
         buf.advance(header_len);
@@ -719,8 +705,175 @@ mod tests {
         // compressed flag without compression
         let f = Frame::new(4, true, flags::COMPRESSION, 0, opcode::RESULT, lz4);
         assert!(matches!(
-            f.plain_body(BodyCompression::None),
+            f.plain_body(BodyCompression::None, MAX_FRAME_LEN),
             Err(CqlError::Decompress(_))
+        ));
+    }
+
+    /// A v4 QUERY header announcing `body_len` bytes, on `stream`.
+    fn header_announcing(stream: i16, body_len: u32) -> BytesMut {
+        let mut buf = BytesMut::new();
+        FrameHeader {
+            version: 4,
+            response: false,
+            flags: 0,
+            stream,
+            opcode: opcode::QUERY,
+            body_len,
+        }
+        .encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing() {
+        // 1 MiB announced, under the cap: the decoder waits without growing the buffer.
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN_FOR_TESTS);
+        let mut buf = header_announcing(1, 1024 * 1024);
+        let before = buf.capacity();
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert_eq!(buf.capacity(), before);
+        assert!(buf.capacity() < 1024, "{}", buf.capacity());
+    }
+
+    const DEFAULT_MAX_FRAME_LEN_FOR_TESTS: usize = DEFAULT_MAX_FRAME_SIZE - HEADER_LEN;
+
+    #[test]
+    fn an_oversized_frame_is_discarded_as_it_arrives_then_refused_like_cassandra() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN_FOR_TESTS);
+        dec.discard_oversized(Some(4));
+        // 200 MiB announced; the body trickles in 64 KiB at a time.
+        let announced: u32 = 200 * 1024 * 1024;
+        let mut buf = header_announcing(7, announced);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty() && dec.has_buffered());
+        let chunk = vec![0xAAu8; 64 * 1024];
+        let mut sent = 0usize;
+        let err = loop {
+            let n = chunk.len().min(announced as usize - sent);
+            buf.extend_from_slice(&chunk[..n]);
+            sent += n;
+            if sent == announced as usize {
+                // the next frame follows in the same read
+                query_frame(8, 3).encode(&mut buf);
+            }
+            match dec.decode(&mut buf) {
+                Ok(None) => assert!(buf.is_empty(), "nothing of it is kept"),
+                Ok(Some(f)) => panic!("got a frame {f:?}"),
+                Err(e) => break e,
+            }
+            assert!(buf.capacity() <= 2 * chunk.len() + 64);
+        };
+        assert_eq!(sent, announced as usize);
+        let CqlError::RequestTooBig {
+            len,
+            max,
+            version,
+            stream,
+        } = err
+        else {
+            panic!("expected RequestTooBig, got {err:?}");
+        };
+        assert_eq!(
+            (len, max, version, stream),
+            (u64::from(announced) + 9, 16 << 20, 4, 7)
+        );
+        assert_eq!(
+            err.to_string(),
+            "Request is too big: length 209715209 exceeds maximum allowed length 16777216."
+        );
+        assert_eq!(err.code(), crate::messages::codes::INVALID);
+        assert!(!err.is_fatal());
+        // The connection goes on.
+        assert!(!dec.has_buffered());
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(query_frame(8, 3)));
+    }
+
+    #[test]
+    fn without_discard_mode_an_oversized_frame_is_fatal() {
+        let mut dec = FrameDecoder::new(1000);
+        let mut buf = header_announcing(3, 1001);
+        let err = dec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CqlError::FrameTooLarge { len: 1001, .. }));
+        assert!(err.is_fatal());
+        // In discard mode too, for another version or a response: garbage, not a request.
+        dec.discard_oversized(Some(3));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(CqlError::FrameTooLarge { .. })
+        ));
+        dec.discard_oversized(Some(4));
+        buf[0] = 0x84;
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(CqlError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn lz4_and_snappy_bombs_are_refused_before_decompressing() {
+        // lz4: a 4-byte prefix announcing 2 GiB, then a few bytes of "block".
+        let bomb = [0x7f, 0xff, 0xff, 0xff, 0x1f, 0x00, 0x01, 0x00];
+        match BodyCompression::Lz4.decompress_bounded(&bomb, 1 << 20) {
+            Err(CqlError::BodyTooLarge {
+                algorithm: "lz4",
+                len,
+                max,
+            }) => assert_eq!((len, max), (0x7fff_ffff, 1 << 20)),
+            other => panic!("expected BodyTooLarge, got {other:?}"),
+        }
+        // snappy: a varint announcing ~4 GiB (0xffffffff), then garbage.
+        let bomb = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x00];
+        match BodyCompression::Snappy.decompress_bounded(&bomb, 1 << 20) {
+            Err(CqlError::BodyTooLarge {
+                algorithm: "snappy",
+                len,
+                ..
+            }) => assert_eq!(len, 0xffff_ffff),
+            other => panic!("expected BodyTooLarge, got {other:?}"),
+        }
+        // snappy: a real 2 MiB body refused under a 1 MiB bound.
+        let body = vec![7u8; 2 << 20];
+        let snappy = BodyCompression::Snappy.compress(&body).unwrap();
+        assert!(snappy.len() < 200_000);
+        let f = Frame::new(4, false, flags::COMPRESSION, 0, opcode::QUERY, snappy);
+        assert!(matches!(
+            f.plain_body(BodyCompression::Snappy, 1 << 20),
+            Err(CqlError::BodyTooLarge { .. })
+        ));
+        assert_eq!(
+            f.plain_body(BodyCompression::Snappy, 2 << 20)
+                .unwrap()
+                .len(),
+            2 << 20
+        );
+        // An uncompressed body is not copied or checked here (the decoder bounded it).
+        let f = query_frame(1, 10);
+        assert_eq!(f.plain_body(BodyCompression::Lz4, 5).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn a_v5_segment_header_reserves_nothing() {
+        let (_, mut enc) = v5(false);
+        let mut wire = BytesMut::new();
+        enc.encode(&v5_frame(1, 100_000), &mut wire);
+        let mut buf = BytesMut::from(&wire[..segment::UNCOMPRESSED_HEADER_LEN]);
+        let before = buf.capacity();
+        assert_eq!(segment::decode(&mut buf, false).unwrap(), None);
+        assert_eq!(buf.capacity(), before);
+    }
+
+    #[test]
+    fn v5_ignores_the_discard_mode() {
+        let (_, mut enc) = v5(false);
+        let mut wire = BytesMut::new();
+        enc.encode(&v5_frame(1, 300_000), &mut wire);
+        let mut dec = FrameDecoder::new(100_000);
+        dec.set_framing(Framing::V5 { lz4: false });
+        dec.discard_oversized(Some(5));
+        assert!(matches!(
+            dec.decode(&mut wire),
+            Err(CqlError::FrameTooLarge { .. })
         ));
     }
 

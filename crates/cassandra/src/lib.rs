@@ -22,7 +22,9 @@
 //! # Layout
 //!
 //! * `frame.rs` — the 9-byte header, raw [`Frame`]s, [`FrameDecoder`] / [`FrameEncoder`],
-//!   [`Framing`], v3/v4 body compression ([`BodyCompression`]: lz4, snappy).
+//!   [`Framing`], the frame cap ([`frame::DEFAULT_MAX_FRAME_SIZE`], Cassandra's default).
+//! * `compression.rs` (private, re-exported from `frame`) — v3/v4 body compression
+//!   ([`BodyCompression`]: lz4, snappy), bounded before decompressing.
 //! * `segment.rs` — v5 segments: 6-byte (8 with lz4) CRC24-checked header, payload,
 //!   CRC32 trailer.
 //! * `messages.rs` — frames the proxy says itself (ERROR, READY, SUPPORTED, the
@@ -69,6 +71,7 @@
 
 #![warn(missing_docs)]
 
+mod compression;
 mod error;
 pub mod frame;
 pub mod handshake;

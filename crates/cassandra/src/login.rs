@@ -181,7 +181,7 @@ impl UpstreamLogin {
                 context: CONTEXT,
             });
         }
-        let body = frame.plain_body(self.compression)?;
+        let body = frame.plain_body(self.compression, LOGIN_MAX_FRAME_LEN)?;
         match (self.state, h.opcode) {
             (_, opcode::ERROR) => {
                 self.state = State::Done;

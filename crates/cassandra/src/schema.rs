@@ -31,12 +31,13 @@ const KIND_ROWS: i32 = 2;
 const CONSISTENCY_ONE: u16 = 0x0001;
 
 /// True when `frame` answers a request with RESULT SCHEMA_CHANGE (a DDL statement's result).
-pub fn is_schema_change(frame: &Frame, compression: BodyCompression) -> bool {
+/// A compressed body is decompressed only if it announces at most `max` bytes.
+pub fn is_schema_change(frame: &Frame, compression: BodyCompression, max: usize) -> bool {
     let h = &frame.header;
     if !h.response || h.opcode != opcode::RESULT || h.stream < 0 {
         return false;
     }
-    let Ok(body) = frame.plain_body(compression) else {
+    let Ok(body) = frame.plain_body(compression, max) else {
         return false;
     };
     let Ok(prefix) = response_prefix_len(&body, h.flags) else {
@@ -116,11 +117,11 @@ mod tests {
         body.put_i32(5);
         wire::put_string(&mut body, "CREATED");
         let f = Frame::new(4, true, 0, 3, opcode::RESULT, body.freeze());
-        assert!(is_schema_change(&f, BodyCompression::None));
+        assert!(is_schema_change(&f, BodyCompression::None, 1024));
         let mut rows = BytesMut::new();
         rows.put_i32(1); // void
         let f = Frame::new(4, true, 0, 3, opcode::RESULT, rows.freeze());
-        assert!(!is_schema_change(&f, BodyCompression::None));
+        assert!(!is_schema_change(&f, BodyCompression::None, 1024));
     }
 
     #[test]

@@ -61,7 +61,8 @@ fn le(bytes: &[u8]) -> u64 {
 }
 
 /// Takes one segment off the front of `buf`; `Ok(None)` if it is incomplete.
-/// CRCs are checked; an lz4 payload is decompressed (at most [`MAX_PAYLOAD_LEN`] bytes).
+/// CRCs are checked; an lz4 payload is decompressed (at most [`MAX_PAYLOAD_LEN`] bytes: the
+/// header's uncompressed length is a 17-bit field, so no segment can announce more).
 pub fn decode(buf: &mut BytesMut, lz4: bool) -> Result<Option<Segment>, CqlError> {
     let header_len = if lz4 {
         LZ4_HEADER_LEN
@@ -90,7 +91,7 @@ pub fn decode(buf: &mut BytesMut, lz4: bool) -> Result<Option<Segment>, CqlError
     };
     let total = header_len + payload_len + TRAILER_LEN;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // No `reserve` for the announced length: the buffer grows as bytes arrive.
         return Ok(None);
     }
     let payload_end = header_len + payload_len;

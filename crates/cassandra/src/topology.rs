@@ -235,6 +235,8 @@ pub struct TopologyRewriter {
     topology: Topology,
     prepared: PreparedStatements,
     pending: HashMap<i16, Pending>,
+    /// Bound on a body once decompressed.
+    max_body_len: usize,
 }
 
 impl TopologyRewriter {
@@ -249,7 +251,16 @@ impl TopologyRewriter {
             topology,
             prepared,
             pending: HashMap::new(),
+            max_body_len: crate::frame::DEFAULT_MAX_FRAME_SIZE,
         }
+    }
+
+    /// Bounds the bodies this rewriter decompresses (default
+    /// [`crate::frame::DEFAULT_MAX_FRAME_SIZE`]); a compressed body announcing more is refused
+    /// before it is decompressed.
+    pub fn with_max_body_len(mut self, max_body_len: usize) -> Self {
+        self.max_body_len = max_body_len;
+        self
     }
 
     /// The topology shown.
@@ -258,7 +269,9 @@ impl TopologyRewriter {
     }
 
     /// A frame from the client, after READY. Only QUERY, PREPARE and EXECUTE bodies are read;
-    /// a body that cannot be read is relayed anyway (the upstream answers it with an error).
+    /// a body that cannot be read is relayed anyway (the upstream answers it with an error),
+    /// except a compressed one announcing more than the bound ([`CqlError::BodyTooLarge`]),
+    /// which is an error here.
     pub fn on_client_frame(
         &mut self,
         frame: &Frame,
@@ -270,7 +283,10 @@ impl TopologyRewriter {
         let stream = frame.header.stream;
         let tracked = match frame.header.opcode {
             opcode::QUERY | opcode::PREPARE | opcode::EXECUTE => {
-                self.classify_request(frame, compression).ok().flatten()
+                match self.classify_request(frame, compression) {
+                    Err(e @ CqlError::BodyTooLarge { .. }) => return Err(e),
+                    r => r.ok().flatten(),
+                }
             }
             _ => None,
         };
@@ -290,7 +306,7 @@ impl TopologyRewriter {
         frame: &Frame,
         compression: BodyCompression,
     ) -> Result<Option<Pending>, CqlError> {
-        let body = frame.plain_body(compression)?;
+        let body = frame.plain_body(compression, self.max_body_len)?;
         let mut r = Reader::new(&body, "request body");
         if frame.header.flags & flags::CUSTOM_PAYLOAD != 0 {
             r.skip_bytes_map()?;
@@ -316,11 +332,13 @@ impl TopologyRewriter {
     ) -> Result<UpstreamAction, CqlError> {
         let h = frame.header;
         if h.opcode == opcode::EVENT {
-            return Ok(if is_topology_event(&frame, compression) {
-                UpstreamAction::Drop
-            } else {
-                UpstreamAction::Forward(frame)
-            });
+            return Ok(
+                if is_topology_event(&frame, compression, self.max_body_len) {
+                    UpstreamAction::Drop
+                } else {
+                    UpstreamAction::Forward(frame)
+                },
+            );
         }
         if h.stream < 0 {
             return Ok(UpstreamAction::Forward(frame));
@@ -331,7 +349,7 @@ impl TopologyRewriter {
         if h.opcode != opcode::RESULT {
             return Ok(UpstreamAction::Forward(frame));
         }
-        let body = frame.plain_body(compression)?;
+        let body = frame.plain_body(compression, self.max_body_len)?;
         let prefix = response_prefix_len(&body, h.flags)?;
         let mut r = Reader::new(&body[prefix..], "RESULT body");
         let kind = r.int()?;
@@ -551,8 +569,8 @@ pub fn response_prefix_len(body: &[u8], frame_flags: u8) -> Result<usize, CqlErr
 
 /// True for TOPOLOGY_CHANGE and STATUS_CHANGE events (and for unreadable events: an EVENT
 /// the proxy cannot read is not worth the risk of pointing the driver at an upstream host).
-fn is_topology_event(frame: &Frame, compression: BodyCompression) -> bool {
-    let Ok(body) = frame.plain_body(compression) else {
+fn is_topology_event(frame: &Frame, compression: BodyCompression, max: usize) -> bool {
+    let Ok(body) = frame.plain_body(compression, max) else {
         return true;
     };
     let Ok(prefix) = response_prefix_len(&body, frame.header.flags) else {

@@ -651,3 +651,29 @@ fn v5_prepared_result_is_read() {
     );
     assert_eq!(parse_rows(&out.body).rows_count, 0);
 }
+
+#[test]
+fn a_compressed_request_announcing_more_than_the_bound_is_refused() {
+    // A QUERY whose lz4 prefix announces 1 GiB: refused before decompressing, not relayed.
+    let mut r = TopologyRewriter::new(topology()).with_max_body_len(1 << 20);
+    let mut body = vec![0x40, 0, 0, 0];
+    body.extend_from_slice(&[0x1f, 0, 1, 0]);
+    let f = Frame::new(4, false, flags::COMPRESSION, 5, opcode::QUERY, body);
+    match r.on_client_frame(&f, BodyCompression::Lz4) {
+        Err(CqlError::BodyTooLarge { len, max, .. }) => assert_eq!((len, max), (1 << 30, 1 << 20)),
+        other => panic!("expected BodyTooLarge, got {other:?}"),
+    }
+    // Garbage that merely fails to decompress is still relayed for the upstream to answer.
+    let f = Frame::new(
+        4,
+        false,
+        flags::COMPRESSION,
+        5,
+        opcode::QUERY,
+        vec![0, 0, 0, 8, 1],
+    );
+    assert!(matches!(
+        r.on_client_frame(&f, BodyCompression::Lz4),
+        Ok(ClientAction::Forward)
+    ));
+}

@@ -20,6 +20,7 @@ use super::{
     flags::CassandraPasswordKind,
     listener::{CqlSettings, Credential, CredentialInput, ListenerSettings, Origin},
     service_connector::split_host_port,
+    size,
 };
 
 /// The file's top level. Durations are TOML integers (seconds) or strings such as "30s".
@@ -67,6 +68,9 @@ pub struct FileListener {
     max_protocol_version: Option<u8>,
     data_center: Option<String>,
     compression: Option<Vec<String>>,
+    /// cassandra: the largest frame relayed, e.g. "16MiB" or 16777216.
+    #[serde(default, deserialize_with = "size::deserialize")]
+    max_frame_size: Option<usize>,
     client_tls: Option<ClientTlsConfig>,
     /// "disable" turns the self-signed TLS offer off when no client_tls is given.
     client_tls_mode: Option<ClientTlsMode>,
@@ -146,6 +150,7 @@ impl FileListener {
                 max_protocol_version: self.max_protocol_version,
                 data_center: self.data_center,
                 compression: self.compression,
+                max_frame_size: self.max_frame_size,
             },
             client_tls: self.client_tls,
             client_tls_mode: self.client_tls_mode,

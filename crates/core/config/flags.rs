@@ -158,6 +158,10 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_MAX_PROTOCOL_VERSION", value_name = "N", value_parser = clap::value_parser!(u8).range(3..=5))]
     pub cassandra_max_protocol_version: Option<u8>,
 
+    /// Largest CQL frame relayed either way, header included, e.g. 16MiB: a bigger request gets Cassandra's "Request is too big" ERROR, a bigger response closes the session [default: 16MiB, Cassandra's native_transport_max_frame_size].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_MAX_FRAME_SIZE", value_name = "SIZE", value_parser = super::size::parse)]
+    pub cassandra_max_frame_size: Option<usize>,
+
     /// How the proxy gets its Entra ID token [default: from Service Connector's variables, else the default chain].
     #[arg(
         long,

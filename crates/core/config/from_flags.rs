@@ -103,6 +103,7 @@ fn cassandra(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Listener
         max_protocol_version: flags.cassandra_max_protocol_version,
         data_center: flags.cassandra_data_center.clone(),
         compression: None,
+        max_frame_size: flags.cassandra_max_frame_size,
     };
     // --scope is the PostgreSQL listener's; the CQL listener takes it only when its password
     // is the token itself (its default, ARM's scope, is right for listKeys).

@@ -87,6 +87,8 @@ pub struct CqlSettings {
     pub data_center: Option<String>,
     /// Compression algorithms offered (default none for Cosmos DB, else lz4 and snappy).
     pub compression: Option<Vec<String>>,
+    /// The largest frame relayed, in bytes, header included (default 16 MiB).
+    pub max_frame_size: Option<usize>,
 }
 
 impl CqlSettings {
@@ -135,7 +137,7 @@ pub struct CredentialInput {
 }
 
 /// Keys that only CQL listeners take, with their value, as the file calls them.
-fn cql_only_keys(c: &CqlSettings) -> [(&'static str, bool); 7] {
+fn cql_only_keys(c: &CqlSettings) -> [(&'static str, bool); 8] {
     [
         ("password", c.password.is_some()),
         ("list_keys_url", c.list_keys_url.is_some()),
@@ -144,6 +146,7 @@ fn cql_only_keys(c: &CqlSettings) -> [(&'static str, bool); 7] {
         ("max_protocol_version", c.max_protocol_version.is_some()),
         ("data_center", c.data_center.is_some()),
         ("compression", c.compression.is_some()),
+        ("max_frame_size", c.max_frame_size.is_some()),
     ]
 }
 
@@ -295,6 +298,11 @@ pub fn parse_mode(s: &str) -> anyhow::Result<u32> {
         })
 }
 
+/// The smallest `max_frame_size` accepted: what the client handshake itself allows.
+const MIN_FRAME_SIZE: usize = 64 * 1024;
+/// The largest: the protocol's own bound on a body (256 MB) plus the header.
+const MAX_FRAME_SIZE: usize = 256 * 1024 * 1024 + 9;
+
 fn cassandra_settings(host: &str, c: CqlSettings) -> anyhow::Result<CassandraSettings> {
     let password = match c.password_kind() {
         CassandraPasswordKind::CosmosKeys => {
@@ -329,6 +337,14 @@ fn cassandra_settings(host: &str, c: CqlSettings) -> anyhow::Result<CassandraSet
             }
         }
         settings.compression = algos;
+    }
+    if let Some(size) = c.max_frame_size {
+        if !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&size) {
+            bail!(
+                "max_frame_size: expected 64KiB to 256MiB (Cassandra's default is 16MiB), got {size} bytes"
+            );
+        }
+        settings.max_frame_size = size;
     }
     Ok(settings)
 }

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`flags`]: the command line (clap).
 //! - [`duration`]: `30s`, `2m`, `500ms`, or bare seconds, in flags, variables and the file.
+//! - [`size`]: `16MiB`, `512KiB`, or bare bytes (the CQL `max_frame_size`).
 //! - [`file`]: the TOML file (serde types).
 //! - [`service_connector`]: the variables Azure Service Connector sets.
 //! - [`from_flags`]: flags laid over Service Connector's variables, as listener settings.
@@ -21,6 +22,7 @@ pub mod flags;
 pub mod from_flags;
 pub mod listener;
 pub mod service_connector;
+pub mod size;
 #[cfg(test)]
 mod tests;
 
@@ -97,6 +99,9 @@ pub struct CassandraSettings {
     pub data_center: Option<String>,
     /// Compression algorithms offered (none for Cosmos DB).
     pub compression: Vec<String>,
+    /// The largest CQL frame, header included, relayed either way (default 16 MiB,
+    /// Cassandra's `native_transport_max_frame_size`).
+    pub max_frame_size: usize,
 }
 
 fn is_cosmos(host: &str) -> bool {
@@ -116,6 +121,7 @@ impl CassandraSettings {
             } else {
                 vec!["lz4".into(), "snappy".into()]
             },
+            max_frame_size: dbproxy_runtime::cassandra::DEFAULT_MAX_FRAME_SIZE,
         }
     }
 }

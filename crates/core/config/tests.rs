@@ -530,3 +530,61 @@ fn durations_in_the_file_and_in_flags() {
         "{e}"
     );
 }
+
+#[test]
+fn cassandra_max_frame_size() {
+    let dev = |size: Option<&str>| {
+        let mut args = vec![
+            "--cassandra-upstream",
+            "127.0.0.1:9142",
+            "--cassandra-user",
+            "dev",
+            "--cassandra-password",
+            "file",
+            "--cassandra-password-file",
+            "/run/secrets/cql",
+        ];
+        if let Some(size) = size {
+            args.extend(["--cassandra-max-frame-size", size]);
+        }
+        Config::load(&flags(&args), &EnvSnapshot::default())
+    };
+    let size = |c: &Config| c.listeners[0].cassandra.as_ref().unwrap().max_frame_size;
+    assert_eq!(size(&dev(None).unwrap()), 16 << 20, "Cassandra's default");
+    assert_eq!(size(&dev(Some("32MiB")).unwrap()), 32 << 20);
+    assert_eq!(size(&dev(Some("1048576")).unwrap()), 1 << 20);
+    let e = dev(Some("1KiB")).unwrap_err().to_string();
+    assert!(e.contains("max_frame_size") && e.contains("64KiB"), "{e}");
+    let e = Flags::try_parse_from(["entra-db-proxy", "--cassandra-max-frame-size", "big"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("16MiB"), "{e}");
+
+    let p = write(
+        "cql-frame.toml",
+        "[[listener]]\nprotocol = \"cassandra\"\nupstream = \"h\"\nuser = \"u\"\npassword = \"file\"\npassword_file = \"/p\"\nmax_frame_size = \"8MiB\"\n[[listener]]\nprotocol = \"cassandra\"\nlisten = \"127.0.0.1:9043\"\nupstream = \"h\"\nuser = \"u\"\npassword = \"file\"\npassword_file = \"/p\"\nmax_frame_size = 65536\n",
+    );
+    let c = Config::load(
+        &flags(&["--config", p.to_str().unwrap()]),
+        &EnvSnapshot::default(),
+    )
+    .unwrap();
+    assert_eq!(size(&c), 8 << 20);
+    assert_eq!(
+        c.listeners[1].cassandra.as_ref().unwrap().max_frame_size,
+        65536
+    );
+    let e = file_error(
+        "pg-frame.toml",
+        "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\nmax_frame_size = \"1MiB\"\n",
+    );
+    assert!(
+        e.contains("max_frame_size") && e.contains("cassandra"),
+        "{e}"
+    );
+    let e = file_error(
+        "cql-frame-bad.toml",
+        "[[listener]]\nprotocol = \"cassandra\"\nupstream = \"h\"\nuser = \"u\"\npassword = \"file\"\npassword_file = \"/p\"\nmax_frame_size = \"16 parsecs\"\n",
+    );
+    assert!(e.contains("unknown unit"), "{e}");
+}

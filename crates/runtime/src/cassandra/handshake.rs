@@ -11,9 +11,10 @@
 //! With local TLS offered (not required), the first byte tells: a TLS ClientHello starts with
 //! 0x16, a CQL frame with its version byte. Frames are split by [`FrameDecoder`] with the
 //! handshake's small frame cap. Bytes the driver sends after STARTUP stay in the buffer for
-//! the relay.
+//! the relay. Sockets are read at most `READ_CHUNK` (64 KiB) bytes at a time (`read_some`, the
+//! relay's reads too).
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use dbproxy_cassandra::{ClientHandshake, CqlError, Frame, FrameDecoder, HandshakeAction};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
@@ -34,6 +35,21 @@ pub(crate) enum ReadError {
     Cql(CqlError),
 }
 
+/// The most one read takes from a socket. Buffers grow by reads, not by the lengths frames
+/// announce, so this (with the frame cap) bounds what a connection holds.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// One read of at most [`READ_CHUNK`] bytes into `buf`; 0 at EOF.
+pub(crate) async fn read_some<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    r.read_buf(&mut (&mut *buf).limit(READ_CHUNK)).await
+}
+
 /// Reads until one frame is decoded; `Ok(None)` on a clean EOF.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -44,7 +60,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         if let Some(frame) = decoder.decode(buf).map_err(ReadError::Cql)? {
             return Ok(Some(frame));
         }
-        let n = r.read_buf(buf).await.map_err(ReadError::Io)?;
+        let n = read_some(r, buf).await.map_err(ReadError::Io)?;
         if n == 0 {
             return if buf.is_empty() && !decoder.has_buffered() {
                 Ok(None)

@@ -17,6 +17,10 @@
 //!    the proxy, `system.peers`/`peers_v2` are empty, topology and status events are dropped —
 //!    so drivers never connect past the proxy. A DDL's result is held until the upstream's
 //!    nodes agree on the schema ([`schema`]), since the driver cannot see the peers to wait.
+//!    Frames over the listener's cap ([`CassandraService::max_frame_size`]) are never
+//!    buffered: a client's is skipped as it arrives and answered as Cassandra answers it
+//!    (ERROR 0x2200 "Request is too big", the session goes on); an upstream's closes the
+//!    session with a log line.
 //!
 //! Failures of the proxy's own reach the client as a CQL ERROR (0x0100 bad credentials when
 //! no key or token could be had, 0x0000 server error when the upstream is unreachable,
@@ -37,10 +41,11 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+pub use dbproxy_cassandra::frame::DEFAULT_MAX_FRAME_SIZE;
 use dbproxy_cassandra::{
     BodyCompression, FrameDecoder, FrameEncoder, PreparedStatements, SupportedOptions, Topology,
     codes, error_frame,
-    frame::{HANDSHAKE_MAX_FRAME_LEN, MAX_FRAME_LEN},
+    frame::{HANDSHAKE_MAX_FRAME_LEN, HEADER_LEN},
     ready_frame,
 };
 use dbproxy_credentials::PasswordSource;
@@ -85,6 +90,10 @@ pub struct CassandraService<C = Upstream> {
     pub local_tls: Option<LocalTls>,
     /// The control connection for schema agreement after DDL (`Default::default()`).
     pub schema: Arc<schema::SchemaControl>,
+    /// The largest frame, header included, taken from either side after READY (default
+    /// [`DEFAULT_MAX_FRAME_SIZE`], Cassandra's `native_transport_max_frame_size`). Also bounds
+    /// a compressed body once decompressed.
+    pub max_frame_size: usize,
 }
 
 /// What the client asked for at STARTUP.
@@ -165,6 +174,11 @@ impl<C: Connector> Service for CassandraService<C> {
 }
 
 impl<C: Connector> CassandraService<C> {
+    /// The body bound implied by [`CassandraService::max_frame_size`].
+    pub(crate) fn max_body_len(&self) -> usize {
+        self.max_frame_size.saturating_sub(HEADER_LEN)
+    }
+
     /// Steps 1–5 on a client stream past local TLS.
     async fn session(
         self: &Arc<Self>,
@@ -201,8 +215,13 @@ impl<C: Connector> CassandraService<C> {
             BodyCompression::from_startup_options(&startup.options)
         };
         let framing = up.login.framing();
-        let (udec, uenc) = up.login.into_codec();
-        let mut cdec = FrameDecoder::new(MAX_FRAME_LEN);
+        let (mut udec, uenc) = up.login.into_codec();
+        let max_body = self.max_body_len();
+        udec.set_max_frame_len(max_body);
+        let mut cdec = FrameDecoder::new(max_body);
+        // Oversized requests are skipped as they stream in and refused on their stream, the
+        // way Cassandra does; the session goes on.
+        cdec.discard_oversized(Some(v));
         let mut cenc = FrameEncoder::new();
         cdec.set_framing(framing);
         cenc.set_framing(framing);

@@ -8,6 +8,12 @@
 //! SCHEMA_CHANGE is held until the upstream agrees on the schema ([`super::schema`]) by a task
 //! of its own, which then sends it through the same channel; the other streams' answers are not
 //! held behind it.
+//!
+//! Memory is bounded by the listener's `max_frame_size`, not by what the wire announces:
+//! sockets are read 64 KiB at a time, a client frame over the cap is skipped as it arrives and
+//! refused with Cassandra's ERROR 0x2200 on its stream (the session goes on), a compressed body
+//! announcing more than the cap is refused before it is decompressed (0x000A, closing), and an
+//! upstream frame over the cap closes the session with a warning.
 
 use std::{
     sync::{
@@ -19,12 +25,15 @@ use std::{
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
-    BodyCompression, ClientAction, Frame, FrameDecoder, FrameEncoder, TopologyRewriter,
-    UpstreamAction, schema::is_schema_change,
+    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, HEADER_LEN,
+    TopologyRewriter, UpstreamAction, codes, error_frame, schema::is_schema_change,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{CassandraService, handshake::addressee};
+use super::{
+    CassandraService,
+    handshake::{addressee, read_some},
+};
 use crate::{escape::Escaped, relay::Transferred, session::CloseReason, upstream::Connector};
 
 /// Bytes read from one side but not yet decoded, and the decoder that splits them.
@@ -68,10 +77,10 @@ impl<C: Connector> Relay<C> {
         compression: BodyCompression,
     ) -> Self {
         Relay {
-            rewriter: Mutex::new(TopologyRewriter::with_prepared(
-                service.topology.clone(),
-                service.prepared.clone(),
-            )),
+            rewriter: Mutex::new(
+                TopologyRewriter::with_prepared(service.topology.clone(), service.prepared.clone())
+                    .with_max_body_len(service.max_body_len()),
+            ),
             service,
             compression,
             version,
@@ -119,6 +128,7 @@ impl<C: Connector> Relay<C> {
         // waits for the writer rather than queueing replies without bound.
         let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<(Frame, bool)>(4);
         let metrics = &self.service.metrics;
+        let max_body = self.service.max_body_len();
 
         let client_to_upstream = async {
             let Inbound {
@@ -135,10 +145,10 @@ impl<C: Connector> Relay<C> {
                             frame.header.version, self.version
                         );
                         tracing::warn!(error = %message, "garbage from the client; answering with an ERROR and closing");
-                        let error = dbproxy_cassandra::error_frame(
+                        let error = error_frame(
                             self.version,
                             frame.header.stream,
-                            dbproxy_cassandra::codes::PROTOCOL_ERROR,
+                            codes::PROTOCOL_ERROR,
                             &message,
                         );
                         let _ = reply_tx.send((error, true)).await;
@@ -166,8 +176,22 @@ impl<C: Connector> Relay<C> {
                         continue;
                     }
                     Ok(None) => {}
+                    Err(e) if !e.is_fatal() => {
+                        // An oversized request, skipped without being buffered: refused on
+                        // its stream as Cassandra refuses it; the session goes on.
+                        let (_, stream) = addressee_of(&e, &buf);
+                        tracing::info!(error = %e, stream, "refused a request over the listener's max_frame_size");
+                        if reply_tx
+                            .send((e.to_error_frame(self.version, stream), false))
+                            .await
+                            .is_err()
+                        {
+                            return CloseReason::ClientClosed;
+                        }
+                        continue;
+                    }
                     Err(e) => {
-                        let (version, stream) = addressee(&buf);
+                        let (version, stream) = addressee_of(&e, &buf);
                         tracing::warn!(error = %Escaped(&e.to_string()), "garbage from the client; answering with an ERROR and closing");
                         let _ = reply_tx
                             .send((e.to_error_frame(version, stream), true))
@@ -181,7 +205,7 @@ impl<C: Connector> Relay<C> {
                     }
                     out.clear();
                 }
-                match cr.read_buf(&mut buf).await {
+                match read_some(&mut cr, &mut buf).await {
                     Ok(0) | Err(_) => {
                         let _ = uw.shutdown().await;
                         return CloseReason::ClientClosed;
@@ -211,7 +235,7 @@ impl<C: Connector> Relay<C> {
                         };
                         match action {
                             Ok(UpstreamAction::Forward(f)) => {
-                                if is_schema_change(&f, self.compression) {
+                                if is_schema_change(&f, self.compression, max_body) {
                                     // The driver cannot see the peers to wait for agreement:
                                     // this RESULT waits for it, the other streams go on.
                                     let (service, held) = (self.service.clone(), reply_tx.clone());
@@ -232,6 +256,26 @@ impl<C: Connector> Relay<C> {
                         continue;
                     }
                     Ok(None) => {}
+                    Err(CqlError::FrameTooLarge {
+                        len, max, stream, ..
+                    }) => {
+                        tracing::warn!(
+                            len,
+                            max_frame_size = max + HEADER_LEN,
+                            stream,
+                            "a frame from the upstream exceeds the listener's max_frame_size; closing the session (raise max_frame_size / --cassandra-max-frame-size if such results are expected)"
+                        );
+                        let message = format!(
+                            "entra-db-proxy: the upstream's response of {len} bytes exceeds the listener's max_frame_size of {} bytes",
+                            max + HEADER_LEN
+                        );
+                        let error =
+                            error_frame(self.version, stream, codes::SERVER_ERROR, &message);
+                        enc.encode(&error, &mut out);
+                        let _ = cw.write_all(&out).await;
+                        let _ = cw.shutdown().await;
+                        return CloseReason::UpstreamProtocol;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %Escaped(&e.to_string()), "unreadable frame from the upstream; closing");
                         return CloseReason::UpstreamProtocol;
@@ -244,7 +288,7 @@ impl<C: Connector> Relay<C> {
                     out.clear();
                 }
                 tokio::select! {
-                    r = ur.read_buf(&mut buf) => match r {
+                    r = read_some(&mut ur, &mut buf) => match r {
                         Ok(0) | Err(_) => {
                             let _ = cw.shutdown().await;
                             return CloseReason::UpstreamClosed;
@@ -298,5 +342,19 @@ impl<C: Connector> Relay<C> {
             } => end,
             _ = idle => CloseReason::IdleTimeout,
         }
+    }
+}
+
+/// Where to address the ERROR for a decoding error: the offending header's version and stream
+/// when the error knows them (in v5 framing `buf` holds segments, not a frame header).
+fn addressee_of(e: &CqlError, buf: &[u8]) -> (u8, i16) {
+    match e {
+        CqlError::FrameTooLarge {
+            version, stream, ..
+        }
+        | CqlError::RequestTooBig {
+            version, stream, ..
+        } => (*version, *stream),
+        _ => addressee(buf),
     }
 }

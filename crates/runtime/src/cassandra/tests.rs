@@ -24,6 +24,14 @@ fn service(
     upstream: MemoryUpstream,
     credential: Arc<ScriptedPasswords>,
 ) -> Arc<CassandraService<MemoryUpstream>> {
+    service_capped(upstream, credential, super::DEFAULT_MAX_FRAME_SIZE)
+}
+
+fn service_capped(
+    upstream: MemoryUpstream,
+    credential: Arc<ScriptedPasswords>,
+    max_frame_size: usize,
+) -> Arc<CassandraService<MemoryUpstream>> {
     Arc::new(CassandraService {
         name: "catalog".into(),
         upstream,
@@ -42,6 +50,7 @@ fn service(
         },
         prepared: PreparedStatements::new(),
         local_tls: None,
+        max_frame_size,
         schema: Default::default(),
     })
 }
@@ -244,6 +253,151 @@ async fn versions_above_the_maximum_are_refused_for_a_downgrade() {
     assert_eq!(body[..4], codes::PROTOCOL_ERROR.to_be_bytes());
     tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
     assert_eq!(connects.load(Ordering::SeqCst), 0);
+}
+
+/// Logs in a session whose upstream answers AUTH_SUCCESS; returns the driver's end after READY.
+async fn logged_in(
+    svc: &Arc<CassandraService<MemoryUpstream>>,
+) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    let (mut app, session) = connect(svc);
+    app.write_all(&startup(0)).await.unwrap();
+    let (_, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(op, opcode::READY);
+    (app, session)
+}
+
+async fn accept_login(s: &mut DuplexStream) {
+    upstream_login(s).await;
+    s.write_all(&response(
+        0,
+        opcode::AUTH_SUCCESS,
+        &[0xff, 0xff, 0xff, 0xff],
+    ))
+    .await
+    .unwrap();
+}
+
+fn error_message(body: &[u8]) -> (i32, String) {
+    dbproxy_cassandra::messages::parse_error(body).unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_like_cassandra_and_the_session_goes_on() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let svc = service_capped(upstream, ScriptedPasswords::new(&["key"]), 64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        accept_login(&mut s).await;
+        // Only the request after the oversized one arrives.
+        let (stream, op, _) = read_frame(&mut s).await;
+        assert_eq!((stream, op), (6, opcode::QUERY));
+        s.write_all(&response(6, opcode::RESULT, &[0, 0, 0, 1]))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "{} more bytes reached the upstream",
+            rest.len()
+        );
+    });
+    let (mut app, session) = logged_in(&svc).await;
+    // A QUERY announcing 1 MiB (over the 64 KiB cap), sent in full, then a normal one.
+    let announced = 1024 * 1024;
+    let mut header = BytesMut::new();
+    dbproxy_cassandra::FrameHeader {
+        version: 4,
+        response: false,
+        flags: 0,
+        stream: 5,
+        opcode: opcode::QUERY,
+        body_len: announced,
+    }
+    .encode(&mut header);
+    let writer = tokio::spawn(async move {
+        app.write_all(&header).await.unwrap();
+        let chunk = vec![0x55u8; 32 * 1024];
+        for _ in 0..(announced as usize / chunk.len()) {
+            app.write_all(&chunk).await.unwrap();
+        }
+        app.write_all(&query_frame(4, 6, "SELECT v FROM ks.t").to_bytes())
+            .await
+            .unwrap();
+        app
+    });
+    let mut app = tokio::time::timeout(LIMIT, writer).await.unwrap().unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(
+            tokio::time::timeout(LIMIT, read_frame(&mut app))
+                .await
+                .unwrap(),
+        );
+    }
+    answers.sort_by_key(|(stream, _, _)| *stream);
+    let (stream, op, body) = &answers[0];
+    assert_eq!((*stream, *op), (5, opcode::ERROR));
+    assert_eq!(
+        error_message(body),
+        (
+            codes::INVALID,
+            "Request is too big: length 1048585 exceeds maximum allowed length 65536.".into()
+        )
+    );
+    assert_eq!(answers[1], (6, opcode::RESULT, vec![0, 0, 0, 1]));
+    drop(app);
+    tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_upstream_frame_closes_the_session_with_an_error() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let svc = service_capped(upstream, ScriptedPasswords::new(&["key"]), 64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        accept_login(&mut s).await;
+        let (stream, op, _) = read_frame(&mut s).await;
+        assert_eq!((stream, op), (3, opcode::QUERY));
+        // A RESULT header announcing 200 MiB, and a little of its body.
+        let mut out = BytesMut::new();
+        dbproxy_cassandra::FrameHeader {
+            version: 4,
+            response: true,
+            flags: 0,
+            stream: 3,
+            opcode: opcode::RESULT,
+            body_len: 200 << 20,
+        }
+        .encode(&mut out);
+        out.extend_from_slice(&[0u8; 1000]);
+        let _ = s.write_all(&out).await;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let (mut app, session) = logged_in(&svc).await;
+    app.write_all(&query_frame(4, 3, "SELECT v FROM ks.t").to_bytes())
+        .await
+        .unwrap();
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op), (3, opcode::ERROR));
+    let (code, message) = error_message(&body);
+    assert_eq!(code, codes::SERVER_ERROR);
+    assert!(message.contains("max_frame_size"), "{message}");
+    // Then the session is closed.
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, app.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
 }
 
 fn put_string(b: &mut BytesMut, s: &str) {
