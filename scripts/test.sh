@@ -18,6 +18,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
 
+# The fuzz targets (fuzz/, docs/RELIABILITY.md), each for a few seconds so the harness cannot
+# rot: a target that no longer builds, or a seed that crashes, fails here. Needs nightly.
+scripts/fuzz.sh "${FUZZ_SECONDS:-5}"
+
 # The client compatibility matrix: every client stack of the seed documents. It writes the table
 # to the cache directory, never to the working tree; with CI=true it fails if that differs from
 # the tracked docs/COMPATIBILITY.md (regenerate with `scripts/clients.sh all --write`).

@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora under fuzz/corpus/<target>/ from the unit tests' vectors.
+
+Every target's first byte is a mode/chunking byte (see each target's doc comment); the seeds
+use 0 (one chunk) and a few other values. Run from anywhere: python3 fuzz/make_seeds.py
+"""
+import os
+import struct
+import zlib
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def write(target, name, data):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(bytes(data))
+
+
+def be32(n):
+    return struct.pack(">i", n)
+
+
+# ---- PostgreSQL startup packets ------------------------------------------------------------
+def pg_packet(body):
+    return be32(len(body) + 4) + body
+
+
+def pg_startup(minor, params):
+    body = struct.pack(">HH", 3, minor)
+    for k, v in params:
+        body += k.encode() + b"\0" + v.encode() + b"\0"
+    return pg_packet(body + b"\0")
+
+
+ssl = pg_packet(be32(80877103))
+gss = pg_packet(be32(80877104))
+cancel30 = pg_packet(be32(80877102) + be32(1234) + be32(0x5EC2E7))
+cancel32 = pg_packet(be32(80877102) + be32(42) + bytes(range(32)))
+startup = pg_startup(0, [("user", "alice@contoso.com"), ("database", "orders"),
+                         ("application_name", "psql"), ("options", "-c search_path=s")])
+startup32 = pg_startup(2, [("user", "u"), ("_pq_.protocol_managed", "1")])
+for name, data in [("ssl", ssl), ("gssenc", gss), ("cancel30", cancel30), ("cancel32", cancel32),
+                   ("startup", startup), ("startup32", startup32)]:
+    write("pg_startup", name, b"\0" + data)
+write("pg_startup", "ssl_then_startup_bytewise", b"\x01" + ssl + startup)
+write("pg_startup", "gss_then_startup_chunked", b"\x17" + gss + startup32)
+write("pg_startup", "unsupported_version", b"\0" + pg_packet(struct.pack(">HH", 2, 0) + b"\0"))
+
+
+# ---- PostgreSQL upstream login (server messages) -------------------------------------------
+def pg_msg(tag, body):
+    return tag + be32(len(body) + 4) + body
+
+
+def auth(code, data=b""):
+    return pg_msg(b"R", be32(code) + data)
+
+
+tail = (pg_msg(b"S", b"server_version\x0016.4\x00") + pg_msg(b"K", be32(7) + be32(99))
+        + pg_msg(b"Z", b"I"))
+error = pg_msg(b"E", b"SFATAL\0C28P01\0Mpassword authentication failed for user \"u\"\0\0")
+notice = pg_msg(b"N", b"SNOTICE\0C00000\0Mhello\0\0")
+negotiate = pg_msg(b"v", be32(0) + be32(1) + b"_pq_.unknown\0")
+seeds = {
+    "trust": auth(0) + tail,
+    "cleartext": auth(3) + auth(0) + tail,
+    "md5": auth(5, b"\x01\x02\x03\x04") + auth(0) + tail,
+    "sasl": auth(10, b"SCRAM-SHA-256\0\0"),
+    "sasl_plus_only": auth(10, b"SCRAM-SHA-256-PLUS\0\0"),
+    "rejected": auth(3) + error,
+    "notice_negotiate": negotiate + notice + auth(3) + auth(0) + tail,
+    "sasl_continue_early": auth(11, b"r=abc,s=c2FsdA==,i=4096"),
+    "gss": auth(7),
+}
+for name, data in seeds.items():
+    write("pg_login", name, b"\0" + data)
+write("pg_login", "cleartext_bytewise", b"\x01" + seeds["cleartext"])
+
+
+# ---- CQL frames -----------------------------------------------------------------------------
+def cql_string(s):
+    s = s.encode() if isinstance(s, str) else s
+    return struct.pack(">H", len(s)) + s
+
+
+def cql_long_string(s):
+    s = s.encode() if isinstance(s, str) else s
+    return be32(len(s)) + s
+
+
+def string_map(pairs):
+    return struct.pack(">H", len(pairs)) + b"".join(cql_string(k) + cql_string(v) for k, v in pairs)
+
+
+def string_multimap(pairs):
+    out = struct.pack(">H", len(pairs))
+    for k, vs in pairs:
+        out += cql_string(k) + struct.pack(">H", len(vs)) + b"".join(cql_string(v) for v in vs)
+    return out
+
+
+def frame(version, response, flags, stream, opcode, body):
+    first = version | (0x80 if response else 0)
+    if version < 3:
+        head = struct.pack(">BBbB", first, flags, stream, opcode)
+    else:
+        head = struct.pack(">BBhB", first, flags, stream, opcode)
+    return head + be32(len(body)) + body
+
+
+def crc24(data):
+    crc = 0x875060
+    for b in data:
+        crc ^= b << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1974F0B
+    return crc & 0xFFFFFF
+
+
+def crc32(data):
+    return zlib.crc32(b"\xfa\x2d\x55\xca" + data) & 0xFFFFFFFF
+
+
+def segment(payload, self_contained=True, lz4=False):
+    """A segment; with lz4 the payload is stored uncompressed (uncompressed length 0)."""
+    if lz4:
+        header = len(payload) | ((1 << 34) if self_contained else 0)
+        hb = header.to_bytes(8, "little")[:5]
+    else:
+        header = len(payload) | ((1 << 17) if self_contained else 0)
+        hb = header.to_bytes(8, "little")[:3]
+    return hb + crc24(hb).to_bytes(4, "little")[:3] + payload + crc32(payload).to_bytes(4, "little")
+
+
+def lz4_block_literals(data):
+    assert len(data) < 15
+    return bytes([len(data) << 4]) + data
+
+
+def cql_lz4(data):
+    return be32(len(data)) + lz4_block_literals(data)
+
+
+def snappy_literals(data):
+    assert 0 < len(data) <= 60 and len(data) < 128
+    return bytes([len(data), (len(data) - 1) << 2]) + data
+
+
+options = frame(4, False, 0, 0, 0x05, b"")
+startup4 = frame(4, False, 0, 1, 0x01, string_map([("CQL_VERSION", "3.0.0"),
+                                                    ("DRIVER_NAME", "gocql")]))
+startup5_lz4 = frame(5, False, 0, 1, 0x01, string_map([("CQL_VERSION", "3.0.0"),
+                                                        ("COMPRESSION", "lz4")]))
+startup3_snappy = frame(3, False, 0, 1, 0x01, string_map([("CQL_VERSION", "3.0.0"),
+                                                           ("COMPRESSION", "snappy")]))
+ready4 = frame(4, True, 0, 1, 0x02, b"")
+v2_options = frame(2, False, 0, 0, 0x05, b"")
+query = frame(4, False, 0, 3, 0x07, cql_long_string("SELECT * FROM system.local") + b"\x00\x01\x00")
+lz4_query = frame(4, False, 1, 4, 0x07, cql_lz4(b"\x00\x00\x00\x01x\x00\x01\x00"))
+snappy_query = frame(4, False, 1, 5, 0x07, snappy_literals(b"\x00\x00\x00\x01x\x00\x01\x00"))
+v5_query = frame(5, False, 0, 3, 0x07, cql_long_string("SELECT 1") + b"\x00\x01\x00\x00\x00\x00")
+big = frame(5, False, 0, 9, 0x07, cql_long_string("x" * 200) + b"\x00\x01\x00\x00\x00\x00")
+
+# cql_frame: mode byte (0 legacy, 1 v5 plain, 2 v5 lz4; bits 2-3 bound; bits 4-5 compression),
+# then the chunking byte.
+write("cql_frame", "legacy_options_startup", b"\x00\x00" + options + startup4)
+write("cql_frame", "legacy_bytewise", b"\x00\x01" + options + query)
+write("cql_frame", "legacy_v2", b"\x00\x00" + v2_options)
+write("cql_frame", "legacy_lz4_body", b"\x00\x00" + lz4_query)
+write("cql_frame", "legacy_snappy_body", b"\x10\x00" + snappy_query)
+write("cql_frame", "legacy_too_large", b"\x08\x00" + big)
+write("cql_frame", "v5_plain", b"\x01\x00" + segment(v5_query + v5_query))
+write("cql_frame", "v5_lz4", b"\x02\x00" + segment(v5_query, lz4=True))
+write("cql_frame", "v5_multi_segment",
+      b"\x01\x03" + segment(big[:100], False) + segment(big[100:], False))
+
+# cql_segment: chunking byte, bit 0 = lz4.
+write("cql_segment", "plain", b"\x00" + segment(v5_query))
+write("cql_segment", "plain_not_self_contained", b"\x02" + segment(big[:50], False))
+write("cql_segment", "lz4_stored", b"\x01" + segment(v5_query, lz4=True))
+lz4_payload = lz4_block_literals(b"hello world!")
+hb = (len(lz4_payload) | (12 << 17) | (1 << 34)).to_bytes(8, "little")[:5]
+write("cql_segment", "lz4_compressed",
+      b"\x01" + hb + crc24(hb).to_bytes(4, "little")[:3] + lz4_payload
+      + crc32(lz4_payload).to_bytes(4, "little"))
+
+# cql_handshake: chunking byte (max version 3 + byte % 3, compression from bits 2-3).
+write("cql_handshake", "options_startup", b"\x02" + options + startup4)
+write("cql_handshake", "startup_v5_lz4", b"\x06" + startup5_lz4)
+write("cql_handshake", "startup_v3_snappy", b"\x08" + startup3_snappy)
+write("cql_handshake", "v2_refused", b"\x00" + v2_options)
+write("cql_handshake", "query_before_startup", b"\x00" + query)
+write("cql_handshake", "response_from_client", b"\x00" + ready4)
+write("cql_handshake", "register", b"\x02" + frame(4, False, 0, 2, 0x0B, struct.pack(">H", 1)
+                                                 + cql_string("TOPOLOGY_CHANGE")))
+
+# cql_login, raw mode (bit 0 clear): version 3 + (bits 1-2) % 3, compression bits 3-4.
+authenticate = frame(4, True, 0, 0, 0x03, cql_string("org.apache.cassandra.auth.PasswordAuthenticator"))
+challenge = frame(4, True, 0, 0, 0x0E, be32(4) + b"abcd")
+success = frame(4, True, 0, 0, 0x10, be32(-1))
+err = frame(4, True, 0, 0, 0x00, be32(0x0100) + cql_string("Provided username and/or password are incorrect"))
+write("cql_login", "ready", b"\x02\x00" + ready4)
+write("cql_login", "password_flow", b"\x02\x00" + authenticate + challenge + success)
+write("cql_login", "password_bytewise", b"\x02\x01" + authenticate + success)
+write("cql_login", "bad_credentials", b"\x02\x00" + authenticate + err)
+# framed mode (bit 0 set), v5 (bits 1-2 = 2): op byte, flags, length, body
+auth_body = cql_string("org.apache.cassandra.auth.PasswordAuthenticator")
+write("cql_login", "framed_v5_auth", bytes([0x05, 0x02, 0x00, len(auth_body)]) + auth_body
+      + bytes([0x04, 0x00, 0x04]) + be32(-1))
+write("cql_login", "framed_v4_lz4_ready", bytes([0x0B, 0x01, 0x01, 0x00]))
+
+# cql_topology: mode (version 3 + m % 3, compression bits 2-3), then commands:
+#   cmd, flags, stream(+1), ...: 0 QUERY (query sel, query flags), 1 PREPARE (query sel),
+#   2 EXECUTE (id), 3 RESULT Rows, 4 RESULT Prepared, 5 EVENT, 6/7 raw frames.
+def text_cell(t):
+    return bytes([4, len(t)]) + t
+
+
+local_cells = (text_cell(b"local") + text_cell(b"COMPLETED") + b"\x01" + text_cell(b"cosmos")
+               + text_cell(b"West US") + b"\x02" + b"\x01"
+               + text_cell(b"org.apache.cassandra.dht.Murmur3Partitioner") + text_cell(b"rack1")
+               + text_cell(b"3.11.0") + b"\x00" + text_cell(b"\x00\x00\x28\x6e") + b"\x03")
+# metadata flags (global spec), 13 columns of system.local, 1 row
+rows = bytes([0x01, 13, 0x00]) + bytes(range(13)) + bytes([1]) + local_cells
+write("cql_topology", "query_local_rows", b"\x01" + bytes([0, 0, 3, 0, 0]) + bytes([3, 0, 3]) + rows)
+write("cql_topology", "query_peers_rows", b"\x01" + bytes([0, 0, 2, 1, 0])
+      + bytes([3, 0, 2, 0x01, 6, 1, 13, 4, 5, 8, 10, 12, 1, 1, 0, 2, 4, 1, 0, 3]))
+write("cql_topology", "prepare_execute_local", b"\x01" + bytes([1, 0, 4, 0]) + bytes([4, 0, 4, 2, 0xAB, 0xCD, 1, 0x01, 3, 0, 0, 1, 2])
+      + bytes([2, 0, 5, 2, 0xAB, 0xCD]) + bytes([3, 0, 5, 0x05, 3, 0, 1, 4, 1, b"x"[0], 0, 2]))
+write("cql_topology", "compressed_lz4", b"\x05" + bytes([0, 1, 3, 0, 0]) + bytes([3, 1, 3]) + rows)
+write("cql_topology", "events", b"\x01" + bytes([5, 0, 0, 0, 4]) + b"\x00\x00\x00\x00" + bytes([5, 0, 0, 2, 4]) + b"abcd")
+write("cql_topology", "stream_reuse", b"\x02" + bytes([0, 0, 3, 0, 0, 6, 0, 3, 0x07, 0]) + bytes([3, 0, 3]) + rows)
+
+# ---- Service Connector connection strings --------------------------------------------------
+for name, s in [
+    ("libpq", "dbname=db host=srv.postgres.database.azure.com port=5432 sslmode=require user=aad_app"),
+    ("libpq_quoted", "host='my srv' user='a\\'b' dbname=x"),
+    ("dotnet", "Server=srv.postgres.database.azure.com;Database=db;Port=5432;Ssl Mode=Require;User Id=aad_app;"),
+    ("jdbc", "jdbc:postgresql://srv.postgres.database.azure.com:5432/db?sslmode=require&user=aad%40app"),
+    ("jdbc_ipv6", "jdbc:postgresql://[::1]:5433/db"),
+    ("host_port", "[2001:db8::1]:5432"),
+]:
+    write("service_connector", name, s.encode())
+
+# ---- TOML configuration --------------------------------------------------------------------
+write("config_toml", "postgres", b"""[[listener]]
+name = "orders"
+protocol = "postgres"
+listen = "127.0.0.1:5432"
+upstream = "srv.postgres.database.azure.com:5432"
+""")
+example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proxy.toml.example")
+if os.path.exists(example):
+    with open(example, "rb") as f:
+        write("config_toml", "proxy_toml_example", f.read())
