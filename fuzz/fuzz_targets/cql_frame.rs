@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(&f.to_bytes()[..], &before[..used], "re-encoding differs");
                     }
                     if f.is_compressed() {
-                        let _ = f.plain_body(compression);
+                        let _ = f.plain_body(compression, 16 * 1024 * 1024);
                         let _ = compression.decompress_bounded(&f.body, 4096);
                     }
                     frames.push(f);

@@ -271,7 +271,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(again.as_ref(), Some(&f));
                     if f.is_compressed() && compression != BodyCompression::None {
                         // Only a rewritten frame is ours to check; others are relayed as is.
-                        let _ = f.plain_body(compression);
+                        let _ = f.plain_body(compression, 16 * 1024 * 1024);
                     }
                 }
                 Ok(UpstreamAction::Drop) | Err(_) => {}
