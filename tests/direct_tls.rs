@@ -73,16 +73,7 @@ async fn libpq_17_direct_tls_with_the_self_signed_certificate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn libpq_17_direct_tls_with_verify_full_against_the_proxys_ca() {
     let s = Stack::start().await;
-    let local_ca = dbproxy_testkit::certs::TestCa::new("proxy local ca");
-    let pair = local_ca.server_cert(&["localhost", "127.0.0.1"]);
-    let (cert, key, ca) = (
-        s.dir.join("local.crt"),
-        s.dir.join("local.key"),
-        s.dir.join("local-ca.pem"),
-    );
-    std::fs::write(&cert, &pair.cert_pem).unwrap();
-    std::fs::write(&key, &pair.key_pem).unwrap();
-    local_ca.write_ca(&ca);
+    let (cert, key, ca) = s.local_tls_files();
     let proxy = s
         .proxy_sp()
         .args([

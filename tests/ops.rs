@@ -300,16 +300,7 @@ async fn unix_socket_psql_session() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_to_the_proxy_with_verify_full_and_reload() {
     let s = Stack::start().await;
-    let local_ca = dbproxy_testkit::certs::TestCa::new("proxy local ca");
-    let pair = local_ca.server_cert(&["localhost", "127.0.0.1"]);
-    let (cert, key, ca) = (
-        s.dir.join("local.crt"),
-        s.dir.join("local.key"),
-        s.dir.join("local-ca.pem"),
-    );
-    std::fs::write(&cert, &pair.cert_pem).unwrap();
-    std::fs::write(&key, &pair.key_pem).unwrap();
-    local_ca.write_ca(&ca);
+    let (cert, key, ca) = s.local_tls_files();
     let proxy = s
         .proxy_sp()
         .args([

@@ -61,6 +61,22 @@ impl Stack {
         }
     }
 
+    /// A CA of its own for the proxy's client side, a certificate for localhost/127.0.0.1 it
+    /// signed: (certificate file, key file, CA file).
+    pub fn local_tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let local_ca = TestCa::new("proxy local ca");
+        let pair = local_ca.server_cert(&["localhost", "127.0.0.1"]);
+        let (cert, key, ca) = (
+            self.dir.join("local.crt"),
+            self.dir.join("local.key"),
+            self.dir.join("local-ca.pem"),
+        );
+        std::fs::write(&cert, &pair.cert_pem).unwrap();
+        std::fs::write(&key, &pair.key_pem).unwrap();
+        local_ca.write_ca(&ca);
+        (cert, key, ca)
+    }
+
     pub fn silent_imds_url(&self) -> String {
         format!("http://{}", self.silent_imds.local_addr().unwrap())
     }
