@@ -13,7 +13,12 @@
 //! sockets are read 64 KiB at a time, a client frame over the cap is skipped as it arrives and
 //! refused with Cassandra's ERROR 0x2200 on its stream (the session goes on), a compressed body
 //! announcing more than the cap is refused before it is decompressed (0x000A, closing), and an
-//! upstream frame over the cap closes the session with a warning.
+//! upstream frame over the cap closes the session with a warning. In v3/v4 framing a frame
+//! longer than one read that the rewriting does not need whole (a big INSERT, a page of rows:
+//! see `dbproxy_cassandra::topology`'s `request_needs_whole`) is relayed as its bytes arrive,
+//! so such a session holds about one read per direction, not one frame; the proxy's own
+//! answers to the client wait for the end of such a frame. v5 frames are always held whole
+//! (up to the cap), each segment's CRC being checked and re-computed.
 
 use std::{
     sync::{
@@ -25,7 +30,7 @@ use std::{
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
-    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, HEADER_LEN,
+    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, HEADER_LEN, Piece,
     TopologyRewriter, UpstreamAction, codes, error_frame, schema::is_schema_change,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -35,6 +40,10 @@ use super::{
     handshake::{addressee, read_some},
 };
 use crate::{escape::Escaped, relay::Transferred, session::CloseReason, upstream::Connector};
+
+/// Frames longer than this (header included) are relayed as they arrive when the topology
+/// rewriting does not need them whole: about one socket read.
+const PASS_MIN: usize = 64 * 1024;
 
 /// Bytes read from one side but not yet decoded, and the decoder that splits them.
 pub(crate) struct Inbound {
@@ -137,9 +146,21 @@ impl<C: Connector> Relay<C> {
             } = from_client;
             let mut enc = to_upstream;
             let mut out = BytesMut::new();
+            dec.pass_large_frames(Some(PASS_MIN));
             loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(frame)) if frame.header.version != self.version => {
+                let piece = dec.next_piece(&mut buf, |h, prefix| {
+                    h.version != self.version
+                        || self
+                            .rewriter
+                            .lock()
+                            .map_or(true, |mut r| r.request_needs_whole(h, prefix))
+                });
+                match piece {
+                    Ok(Some(Piece::Raw(bytes))) => {
+                        out.extend_from_slice(&bytes);
+                        continue;
+                    }
+                    Ok(Some(Piece::Frame(frame))) if frame.header.version != self.version => {
                         let message = format!(
                             "Invalid message version. Got {} but previous messages on this connection had version {}",
                             frame.header.version, self.version
@@ -154,7 +175,7 @@ impl<C: Connector> Relay<C> {
                         let _ = reply_tx.send((error, true)).await;
                         return CloseReason::ClientProtocol;
                     }
-                    Ok(Some(frame)) => {
+                    Ok(Some(Piece::Frame(frame))) => {
                         let action = match self.rewriter.lock() {
                             Ok(mut r) => r.on_client_frame(&frame, self.compression),
                             Err(_) => return CloseReason::Internal,
@@ -226,9 +247,19 @@ impl<C: Connector> Relay<C> {
             } = from_upstream;
             let mut enc = to_client;
             let mut out = BytesMut::new();
+            dec.pass_large_frames(Some(PASS_MIN));
             loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(frame)) => {
+                let piece = dec.next_piece(&mut buf, |h, prefix| {
+                    self.rewriter
+                        .lock()
+                        .map_or(true, |r| r.response_needs_whole(h, prefix))
+                });
+                match piece {
+                    Ok(Some(Piece::Raw(bytes))) => {
+                        out.extend_from_slice(&bytes);
+                        continue;
+                    }
+                    Ok(Some(Piece::Frame(frame))) => {
                         let action = match self.rewriter.lock() {
                             Ok(mut r) => r.on_upstream_frame(frame, self.compression),
                             Err(_) => return CloseReason::Internal,
@@ -287,6 +318,9 @@ impl<C: Connector> Relay<C> {
                     }
                     out.clear();
                 }
+                // In the middle of a frame relayed as it arrives, nothing else may be written to
+                // the client: the proxy's own replies wait for its end.
+                let passing = dec.is_passing();
                 tokio::select! {
                     r = read_some(&mut ur, &mut buf) => match r {
                         Ok(0) | Err(_) => {
@@ -299,7 +333,7 @@ impl<C: Connector> Relay<C> {
                             self.touch();
                         }
                     },
-                    reply = reply_rx.recv() => match reply {
+                    reply = reply_rx.recv(), if !passing => match reply {
                         Some((frame, close)) => {
                             enc.encode(&frame, &mut out);
                             if close {
