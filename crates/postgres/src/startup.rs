@@ -46,10 +46,9 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::{ProtocolError, ProtocolErrorKind};
 
-/// The largest startup packet accepted, in bytes, counting the length word itself.
-///
-/// PostgreSQL uses the same limit (`MAX_STARTUP_PACKET_LENGTH`) for the packet's body.
-pub const MAX_STARTUP_LEN: usize = 10_000;
+/// The largest startup packet accepted, in bytes, counting the length word itself: PostgreSQL's
+/// `MAX_STARTUP_PACKET_LENGTH` (10,000) bounds what follows the length word.
+pub const MAX_STARTUP_LEN: usize = 10_004;
 
 /// The smallest startup packet: the length word and the code.
 const MIN_STARTUP_LEN: usize = 8;
@@ -334,6 +333,20 @@ fn parse_packet(body: &[u8]) -> Result<StartupPacket, ProtocolError> {
     }
 }
 
+/// The refusal of a StartupMessage asking for `version` (0A000, PostgreSQL's wording). Also what
+/// PostgreSQL answers an SSLRequest or GSSENCRequest that comes when that negotiation is over:
+/// it reads it as a StartupMessage of protocol 1234.5679 or 1234.5680.
+pub fn unsupported_version(version: ProtocolVersion) -> ProtocolError {
+    ProtocolError::new(
+        ProtocolErrorKind::UnsupportedVersion(version),
+        format!(
+            "unsupported frontend protocol {version}: server supports {} to {}",
+            ProtocolVersion::V3_0,
+            ProtocolVersion::LATEST
+        ),
+    )
+}
+
 fn parse_cancel_request(rest: &[u8]) -> Result<StartupPacket, ProtocolError> {
     let invalid = || {
         ProtocolError::new(
@@ -359,14 +372,7 @@ fn parse_startup_message(
     mut rest: &[u8],
 ) -> Result<StartupMessage, ProtocolError> {
     if !version.is_supported() {
-        return Err(ProtocolError::new(
-            ProtocolErrorKind::UnsupportedVersion(version),
-            format!(
-                "unsupported frontend protocol {version}: server supports {} to {}",
-                ProtocolVersion::V3_0,
-                ProtocolVersion::LATEST
-            ),
-        ));
+        return Err(unsupported_version(version));
     }
     let mut msg = StartupMessage::new(version);
     loop {
@@ -656,7 +662,7 @@ mod tests {
         assert_eq!(err.code(), sqlstate::PROTOCOL_VIOLATION);
         assert!(
             err.to_string()
-                .starts_with("invalid length of startup packet: 10001")
+                .starts_with("invalid length of startup packet: 10005 (must be 8 to 10004)")
         );
 
         // Exactly at the limit is fine.
