@@ -1,1 +1,758 @@
-//! The CQL table (below).
+//! The CQL table: one Cassandra 5.0 (TLS, PasswordAuthenticator), one proxy (handshake timeout
+//! 5 s, `max_frame_size` 64 KiB so that an oversized request is cheap), every case at once, an
+//! unrelated scylla session writing and reading throughout. Openings the proxy answers itself
+//! are also sent to Cassandra directly (over TLS) and the answers compared: version byte,
+//! stream, opcode and error code.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use dbproxy_cassandra::Framing;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_rustls::TlsConnector;
+
+use super::{
+    Background, Case, Outcome, case, cql_wire::*, ensure, random_bytes, read_to_close, run_cases,
+    storm, wait_active,
+};
+use crate::stack::FAILED_SESSION;
+
+/// The proxy's handshake timeout (the upstream login runs under it too).
+const HANDSHAKE: Duration = Duration::from_secs(5);
+/// The generous bound on any one answer or close.
+const LIMIT: Duration = Duration::from_secs(30);
+/// The proxy's max_frame_size.
+const MAX_FRAME: usize = 64 * 1024;
+
+pub(crate) struct Cql {
+    proxy: SocketAddr,
+    /// Cassandra's native port (TLS only).
+    direct: SocketAddr,
+    tls: TlsConnector,
+}
+
+/// What the connection does after the answer.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// The proxy closes it (nothing more arrives).
+    Close,
+    /// It stays usable: OPTIONS (before STARTUP) or a query (after READY) is answered.
+    Open,
+    /// The client then closes its write side: the proxy closes too, sending nothing more.
+    Eof,
+}
+
+/// How a refusal is compared with Cassandra's own answer to the same bytes.
+#[derive(Clone, Copy, PartialEq)]
+enum Compare {
+    /// Not compared.
+    No,
+    /// Version byte, stream, opcode and error code.
+    Exact,
+    /// All but the version byte: Cassandra answers some refusals in its newest version (v5)
+    /// whatever the client spoke; the proxy answers in the client's.
+    NotVersion,
+    /// Cassandra closes without an answer; the proxy says why (a protocol error) and closes.
+    Silent,
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))
+}
+
+/// Cassandra's own first answer to `bytes`.
+async fn direct(ctx: &Cql, bytes: &[u8]) -> Result<Reply, String> {
+    use tokio::io::AsyncReadExt;
+    let tcp = connect(ctx.direct).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(ctx.direct.ip().into());
+    let mut s = ctx
+        .tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to Cassandra: {e}"))?;
+    s.write_all(bytes).await.map_err(|e| e.to_string())?;
+    // Until one frame parses, or the close.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(mut f) = frames(&got, Framing::Legacy) {
+            if !f.is_empty() {
+                return Ok(f.remove(0));
+            }
+        }
+        match tokio::time::timeout(LIMIT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return Err(format!("Cassandra itself: closed after {got:?}")),
+        }
+    }
+}
+
+/// Checks `after` on a connection that just got its answer (`ready`: past READY, v4).
+async fn check_after(s: &mut TcpStream, after: After, ready: bool) -> Outcome {
+    match after {
+        After::Close | After::Eof => {
+            if after == After::Eof {
+                let _ = s.shutdown().await;
+            }
+            let rest = read_to_close(s, LIMIT).await?;
+            ensure!(
+                rest.is_empty(),
+                "{} more bytes before the close",
+                rest.len()
+            );
+        }
+        After::Open if ready => {
+            s.write_all(&query(4, 100, "SELECT release_version FROM system.local"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = read_frame(s, LIMIT).await?;
+            ensure!(
+                (r.stream, r.opcode) == (100, RESULT),
+                "the session did not go on: {r}"
+            );
+        }
+        After::Open => {
+            s.write_all(&raw(0x04, 99, OPTIONS, &[]))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = read_frame(s, LIMIT).await?;
+            ensure!(
+                (r.stream, r.opcode) == (99, SUPPORTED),
+                "the connection did not go on: {r}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bytes` before any STARTUP: an ERROR `code` from the proxy on `version_byte`/`stream`, then
+/// `after`; when `compare`, Cassandra answers the same bytes with the same header and code.
+fn refused(
+    name: &str,
+    bytes: Vec<u8>,
+    version_byte: u8,
+    stream: i16,
+    code: i32,
+    after: After,
+    compare: Compare,
+) -> Case<Cql> {
+    let bytes = Arc::new(bytes);
+    case(name, move |ctx: Arc<Cql>| {
+        let bytes = bytes.clone();
+        async move {
+            let mut s = connect(ctx.proxy).await?;
+            let _ = s.write_all(&bytes).await;
+            let r = read_frame(&mut s, LIMIT).await?;
+            ensure!(
+                r.key() == (version_byte, stream, ERROR, Some(code)),
+                "got {r}, expected ERROR {code:#06x} on {version_byte:#04x}/{stream}"
+            );
+            check_after(&mut s, after, false).await?;
+            if compare == Compare::Silent {
+                match direct(&ctx, &bytes).await {
+                    Err(e) if e.ends_with("closed after []") => {}
+                    other => {
+                        return Err(format!(
+                            "Cassandra itself: {other:?}, expected a silent close"
+                        ));
+                    }
+                }
+            } else if compare != Compare::No {
+                let d = direct(&ctx, &bytes).await?;
+                let (mut dk, mut rk) = (d.key(), r.key());
+                if compare == Compare::NotVersion {
+                    (dk.0, rk.0) = (0, 0);
+                }
+                ensure!(dk == rk, "Cassandra itself answers {d}, the proxy {r}");
+            }
+            Ok(())
+        }
+    })
+}
+
+/// `bytes` (then, if `eof`, the write side closed): closed without an answer.
+fn silent(name: &str, bytes: Vec<u8>, eof: bool) -> Case<Cql> {
+    let bytes = Arc::new(bytes);
+    case(name, move |ctx: Arc<Cql>| {
+        let bytes = bytes.clone();
+        async move {
+            let mut s = connect(ctx.proxy).await?;
+            let _ = s.write_all(&bytes).await;
+            if eof {
+                let _ = s.shutdown().await;
+            }
+            let got = read_to_close(&mut s, LIMIT).await?;
+            ensure!(
+                got.is_empty(),
+                "expected a silent close, got {:?}",
+                frames(&got, Framing::Legacy)
+            );
+            Ok(())
+        }
+    })
+}
+
+/// STARTUP (v4, stream 1) answered READY, then `bytes`: the next frames must satisfy
+/// `expect` (in order: (stream, opcode, error code)), then `after`.
+fn after_ready(
+    name: &str,
+    bytes: Vec<u8>,
+    expect: &'static [(i16, u8, Option<i32>)],
+    after: After,
+) -> Case<Cql> {
+    let bytes = Arc::new(bytes);
+    case(name, move |ctx: Arc<Cql>| {
+        let bytes = bytes.clone();
+        async move {
+            let mut s = connect(ctx.proxy).await?;
+            s.write_all(&startup_v(4, 1))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = read_frame(&mut s, LIMIT).await?;
+            ensure!((r.stream, r.opcode) == (1, READY), "STARTUP answered {r}");
+            let _ = s.write_all(&bytes).await;
+            for (i, want) in expect.iter().enumerate() {
+                let r = read_frame(&mut s, LIMIT)
+                    .await
+                    .map_err(|e| format!("frame {i}: {e}"))?;
+                ensure!(
+                    r.version_byte == 0x84 && (r.stream, r.opcode, r.error().map(|e| e.0)) == *want,
+                    "frame {i}: got {r}, expected {want:?}"
+                );
+            }
+            check_after(&mut s, after, true).await
+        }
+    })
+}
+
+fn handshake_cases(cases: &mut Vec<Case<Cql>>) {
+    use After::*;
+    use Compare::*;
+    const P: i32 = PROTOCOL_ERROR;
+    // Versions: OPTIONS on stream 7 in each.
+    for v in [0x00u8, 0x01, 0x02] {
+        cases.push(refused(
+            &format!("version byte {v:#04x}"),
+            raw(v, 7, OPTIONS, &[]),
+            0x80 | v,
+            7,
+            P,
+            Close,
+            Silent,
+        ));
+    }
+    // Cassandra 5.0 knows v6 as a beta and answers in it; the proxy, which does not speak v6,
+    // answers in its newest version, as Cassandra does for versions it does not know (0x7f).
+    cases.push(refused(
+        "version byte 0x06",
+        raw(0x06, 7, OPTIONS, &[]),
+        0x85,
+        7,
+        P,
+        Close,
+        No,
+    ));
+    cases.push(refused(
+        "version byte 0x7f",
+        raw(0x7f, 7, OPTIONS, &[]),
+        0x85,
+        7,
+        P,
+        Close,
+        Exact,
+    ));
+    cases.push(refused(
+        "a response frame (0x84) from the client",
+        raw(0x84, 7, OPTIONS, &[]),
+        0x84,
+        7,
+        P,
+        Close,
+        NotVersion,
+    ));
+    cases.push(refused(
+        "HTTP request",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        0x85,
+        0x5420,
+        P,
+        Close,
+        Exact,
+    ));
+    // Requests before STARTUP: refused on their stream, the connection goes on.
+    cases.push(refused(
+        "unknown opcode 0x7f before STARTUP",
+        raw(0x04, 7, 0x7f, &[]),
+        0x84,
+        7,
+        P,
+        Open,
+        NotVersion,
+    ));
+    cases.push(refused(
+        "QUERY before STARTUP",
+        query(4, 7, "SELECT * FROM system.local"),
+        0x84,
+        7,
+        P,
+        Open,
+        Exact,
+    ));
+    cases.push(refused(
+        "REGISTER before STARTUP",
+        raw(
+            0x04,
+            7,
+            REGISTER,
+            &[
+                0, 1, 0, 13, b'S', b'C', b'H', b'E', b'M', b'A', b'_', b'C', b'H', b'A', b'N',
+                b'G', b'E',
+            ],
+        ),
+        0x84,
+        7,
+        P,
+        Open,
+        Exact,
+    ));
+    cases.push(refused(
+        "AUTH_RESPONSE before STARTUP",
+        raw(0x04, 7, AUTH_RESPONSE, &[0, 0, 0, 4, 0, b'u', 0, b'p']),
+        0x84,
+        7,
+        P,
+        Open,
+        Exact,
+    ));
+    // STARTUP bodies.
+    cases.push(refused(
+        "STARTUP with a truncated string map",
+        raw(0x04, 7, STARTUP, b"\x00\x05\x00\x02ab"),
+        0x84,
+        7,
+        P,
+        Close,
+        Silent,
+    ));
+    cases.push(refused(
+        "STARTUP announcing 65535 pairs",
+        raw(0x04, 7, STARTUP, b"\xff\xff"),
+        0x84,
+        7,
+        P,
+        Close,
+        Silent,
+    ));
+    cases.push(refused(
+        "STARTUP with a non-UTF-8 key",
+        raw(
+            0x04,
+            7,
+            STARTUP,
+            &string_map(&[(b"CQL_VERSION", b"3.0.0"), (b"\xff\xfe", b"x")]),
+        ),
+        0x84,
+        7,
+        P,
+        Close,
+        Silent,
+    ));
+    cases.push(refused(
+        "STARTUP with COMPRESSION zstd",
+        startup(4, 7, &[("CQL_VERSION", "3.0.0"), ("COMPRESSION", "zstd")]),
+        0x84,
+        7,
+        P,
+        Open,
+        Exact,
+    ));
+    cases.push(refused(
+        "STARTUP without CQL_VERSION",
+        startup(4, 7, &[("DRIVER_NAME", "hostile")]),
+        0x84,
+        7,
+        P,
+        Close,
+        Exact,
+    ));
+    // Cassandra 5.0 takes any CQL_VERSION (the proxy passes STARTUP through).
+    cases.push(after_ready_with(
+        "STARTUP with CQL_VERSION 99.0.0",
+        startup(4, 1, &[("CQL_VERSION", "99.0.0")]),
+    ));
+    // Lengths: refused at the header, before the body is awaited or buffered.
+    cases.push(refused(
+        "negative frame length before STARTUP",
+        raw_len(0x04, 7, OPTIONS, 0xffff_fff0, &[]),
+        0x84,
+        7,
+        P,
+        Close,
+        No,
+    ));
+    cases.push(refused(
+        "STARTUP over the handshake's frame cap",
+        raw_len(0x04, 7, STARTUP, 1 << 20, &[0; 1024]),
+        0x84,
+        7,
+        P,
+        Close,
+        No,
+    ));
+    // Truncations, silence, slowness: closed without a word.
+    cases.push(silent("truncated header, then EOF", vec![0x04, 0, 0], true));
+    cases.push(silent(
+        "truncated body, then EOF",
+        raw_len(0x04, 7, STARTUP, 100, &[0, 1, 0]),
+        true,
+    ));
+    cases.push(silent("connect, then EOF", vec![], true));
+    cases.push(silent("silent client", vec![], false));
+    cases.push(case(
+        "slowloris STARTUP: a byte a second",
+        |ctx: Arc<Cql>| async move {
+            let s = connect(ctx.proxy).await?;
+            let (mut r, mut w) = s.into_split();
+            let writer = tokio::spawn(async move {
+                for b in startup_v(4, 1) {
+                    if w.write_all(&[b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            let got = read_to_close(&mut r, LIMIT).await?;
+            writer.abort();
+            ensure!(got.is_empty(), "got {} bytes", got.len());
+            Ok(())
+        },
+    ));
+    // Random bytes (seeded): a random version byte, refused as Cassandra refuses it.
+    for seed in 1..=4u64 {
+        let bytes = random_bytes(seed, 256);
+        let v = bytes[0] & 0x7f;
+        assert!(!(1..=5).contains(&v), "seed {seed}: pick another");
+        let stream = i16::from_be_bytes([bytes[2], bytes[3]]);
+        cases.push(refused(
+            &format!("random bytes, seed {seed}"),
+            bytes,
+            0x85,
+            stream,
+            P,
+            Close,
+            Exact,
+        ));
+    }
+}
+
+fn session_cases(cases: &mut Vec<Case<Cql>>) {
+    use After::*;
+    const LOCAL: &str = "SELECT release_version FROM system.local";
+    // Pipelined behind STARTUP: kept and answered after READY.
+    let mut pipelined = startup_v(4, 1);
+    pipelined.extend_from_slice(&query(4, 2, LOCAL));
+    let pipelined = Arc::new(pipelined);
+    cases.push(case(
+        "a QUERY pipelined behind STARTUP",
+        move |ctx: Arc<Cql>| {
+            let bytes = pipelined.clone();
+            async move {
+                let mut s = connect(ctx.proxy).await?;
+                s.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                let ready = read_frame(&mut s, LIMIT).await?;
+                let result = read_frame(&mut s, LIMIT).await?;
+                ensure!(
+                    (ready.stream, ready.opcode, result.stream, result.opcode)
+                        == (1, READY, 2, RESULT),
+                    "got {ready} {result}"
+                );
+                check_after(&mut s, Open, true).await
+            }
+        },
+    ));
+    // Over max_frame_size: skipped as it arrives, refused as Cassandra refuses it, and on.
+    let body = vec![b'x'; MAX_FRAME * 3 / 2];
+    cases.push(after_ready(
+        "a request over max_frame_size",
+        raw(0x04, 3, QUERY, &body),
+        &[(3, ERROR, Some(0x2200))],
+        Open,
+    ));
+    cases.push(after_ready(
+        "two requests on one stream in flight",
+        [query(4, 5, LOCAL), query(4, 5, LOCAL)].concat(),
+        &[(5, RESULT, None), (5, RESULT, None)],
+        Open,
+    ));
+    cases.push(after_ready(
+        "another protocol version after READY",
+        query(3, 6, LOCAL),
+        &[(6, ERROR, Some(PROTOCOL_ERROR))],
+        Close,
+    ));
+    // Passed to Cassandra, which refuses them on their stream ("Unknown opcode 127", "Wrong
+    // protocol direction") and then answers every later request with the same error; the
+    // client's close ends the session cleanly.
+    cases.push(after_ready(
+        "unknown opcode 0x7f after READY",
+        raw(0x04, 6, 0x7f, &[]),
+        &[(6, ERROR, Some(PROTOCOL_ERROR))],
+        Eof,
+    ));
+    cases.push(after_ready(
+        "a response frame after READY",
+        raw(0x84, 6, QUERY, &[]),
+        &[(6, ERROR, Some(PROTOCOL_ERROR))],
+        Eof,
+    ));
+    cases.push(after_ready(
+        "STARTUP again after READY",
+        startup_v(4, 6),
+        &[(6, ERROR, Some(PROTOCOL_ERROR))],
+        Open,
+    ));
+    cases.push(after_ready(
+        "a negative stream id (reserved for events)",
+        query(4, -1, LOCAL),
+        &[(-1, RESULT, None)],
+        Open,
+    ));
+    cases.push(after_ready(
+        "a QUERY with a garbage body",
+        raw(0x04, 6, QUERY, &[0xff; 7]),
+        &[(6, ERROR, Some(PROTOCOL_ERROR))],
+        Open,
+    ));
+    // Truncated or endless after READY, then EOF: a clean close, nothing hangs.
+    cases.push(after_ready(
+        "truncated body after READY, then EOF",
+        raw_len(0x04, 6, QUERY, 100, &[0; 10]),
+        &[],
+        Eof,
+    ));
+    cases.push(after_ready(
+        "negative frame length after READY, then EOF",
+        raw_len(0x04, 6, QUERY, 0xffff_fff0, &[0; 10]),
+        &[],
+        Eof,
+    ));
+    // v5: segments after READY.
+    cases.push(v5("v5: a query in a segment", |q| q, Some(RESULT)));
+    cases.push(v5(
+        "v5: a segment with a bad payload CRC",
+        |mut q| {
+            let n = q.len();
+            q[n - 1] ^= 0xff;
+            q
+        },
+        None,
+    ));
+    cases.push(v5(
+        "v5: a segment with a bad header CRC",
+        |mut q| {
+            q[5] ^= 0xff;
+            q
+        },
+        None,
+    ));
+    cases.push(v5(
+        "v5: legacy framing after READY",
+        |_| query(5, 2, LOCAL),
+        None,
+    ));
+}
+
+/// A v5 STARTUP (legacy framing), READY, then `segment(a query on stream 2 in one segment)`:
+/// answered with `answer` on stream 2 (then the client's EOF ends the session), or (None) with
+/// a protocol error in a segment on stream 0 (no frame to address it to), and closed.
+fn v5(name: &str, segment: fn(Vec<u8>) -> Vec<u8>, answer: Option<u8>) -> Case<Cql> {
+    case(name, move |ctx: Arc<Cql>| async move {
+        let mut s = connect(ctx.proxy).await?;
+        s.write_all(&startup_v(5, 1))
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = read_frame(&mut s, LIMIT).await?;
+        ensure!(
+            (r.version_byte, r.stream, r.opcode) == (0x85, 1, READY),
+            "STARTUP answered {r}"
+        );
+        let _ = s
+            .write_all(&segment(query_v5(
+                2,
+                "SELECT release_version FROM system.local",
+            )))
+            .await;
+        let got = match answer {
+            Some(_) => read_v5_frame(&mut s).await?,
+            None => frames(
+                &read_to_close(&mut s, LIMIT).await?,
+                Framing::V5 { lz4: false },
+            )?,
+        };
+        let keys: Vec<_> = got.iter().map(Reply::key).collect();
+        let want = match answer {
+            Some(op) => (0x85, 2, op, None),
+            None => (0x85, 0, ERROR, Some(PROTOCOL_ERROR)),
+        };
+        ensure!(keys == [want], "got {got:?}, expected {want:?}");
+        Ok(())
+    })
+}
+
+/// Reads until one v5 frame (in segments) has arrived.
+async fn read_v5_frame(s: &mut TcpStream) -> Result<Vec<Reply>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(f) = frames(&got, Framing::V5 { lz4: false }) {
+            if !f.is_empty() {
+                return Ok(f);
+            }
+        }
+        match tokio::time::timeout(LIMIT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => {
+                return Err(format!(
+                    "no v5 frame: {} bytes then close/timeout",
+                    got.len()
+                ));
+            }
+        }
+    }
+}
+
+/// What the storm's connections send before they close (or reset).
+fn storm_prefix(i: usize) -> Vec<u8> {
+    match i % 5 {
+        0 => vec![],
+        1 => vec![0x04, 0],
+        2 => raw(0x04, 0, OPTIONS, &[]),
+        3 => startup_v(4, 1),
+        _ => random_bytes(i as u64, 64),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_cql_clients_get_exact_answers_while_others_work() {
+    let a = crate::cassandra::Account::new(1, "hostile").await;
+    let forged = "x\nERROR forged: level=ERROR msg=\"pwned\" \u{1b}[31m";
+    let proxy = a
+        .proxy()
+        .args(["--handshake-timeout", "5s", "--admin-listen", "127.0.0.1:0"])
+        .env(
+            "ENTRA_DB_PROXY_CASSANDRA_MAX_FRAME_SIZE",
+            MAX_FRAME.to_string(),
+        )
+        .expect_warnings(&[FAILED_SESSION, "garbage from the client"])
+        .spawn();
+    let ctx = Arc::new(Cql {
+        proxy: proxy.addrs["cassandra"],
+        direct: a.cluster.contact_point(),
+        tls: TlsConnector::from(a.cluster.tls_config()),
+    });
+
+    // The unrelated session: writes a row and reads it back, over and over.
+    let session = Arc::new(crate::cassandra::session(&proxy, false).await);
+    session
+        .query_unpaged("CREATE KEYSPACE IF NOT EXISTS ks_hostile WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}", &[])
+        .await
+        .unwrap();
+    session
+        .query_unpaged(
+            "CREATE TABLE IF NOT EXISTS ks_hostile.t (id int PRIMARY KEY, v text)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let insert = session
+        .prepare("INSERT INTO ks_hostile.t (id, v) VALUES (?, ?)")
+        .await
+        .unwrap();
+    let select = session
+        .prepare("SELECT v FROM ks_hostile.t WHERE id = ?")
+        .await
+        .unwrap();
+    let background = Background::start(move |i| {
+        let (session, insert, select) = (session.clone(), insert.clone(), select.clone());
+        async move {
+            let id = i as i32;
+            session
+                .execute_unpaged(&insert, (id, format!("v{id}")))
+                .await
+                .map_err(|e| format!("{e}"))?;
+            let rows = session
+                .execute_unpaged(&select, (id,))
+                .await
+                .map_err(|e| format!("{e}"))?;
+            let (v,): (String,) = rows
+                .into_rows_result()
+                .map_err(|e| format!("{e}"))?
+                .single_row()
+                .map_err(|e| format!("{e}"))?;
+            if v == format!("v{id}") {
+                Ok(())
+            } else {
+                Err(format!("row {id} reads {v:?}"))
+            }
+        }
+    });
+
+    // The driver's own connections (control and pool): what the gauge must come back to.
+    let admin = proxy.admin.unwrap();
+    let baseline = super::active_connections(admin).await;
+    let mut cases = Vec::new();
+    handshake_cases(&mut cases);
+    session_cases(&mut cases);
+    // A driver name that tries to forge log lines: served; the log is checked at the end.
+    cases.push(after_ready_with(
+        "a STARTUP option forging log lines",
+        startup(4, 1, &[("CQL_VERSION", "3.0.0"), ("DRIVER_NAME", forged)]),
+    ));
+    let n = cases.len();
+    let started = std::time::Instant::now();
+    let mut failures = run_cases(ctx.clone(), cases, LIMIT + HANDSHAKE, 12).await;
+    let table_time = started.elapsed();
+
+    storm(ctx.proxy, 300, storm_prefix).await;
+    if let Err(e) = wait_active(admin, baseline, LIMIT).await {
+        failures.push(format!("connect/close storm: {e}"));
+    }
+    match background.finish(20).await {
+        Ok(q) => eprintln!("{n} cases in {table_time:?}; the unrelated session ran {q} queries"),
+        Err(e) => failures.push(e),
+    }
+    for line in proxy.lines() {
+        if line.starts_with("ERROR forged")
+            || line.contains('\u{1b}')
+            || serde_json::from_str::<serde_json::Value>(&line).is_err()
+        {
+            failures.push(format!("log forgery: a line not JSON or forged: {line:?}"));
+        }
+    }
+    if !proxy.log().contains("ERROR forged") {
+        failures.push("log forgery: the driver name is not in the log (escaped)".into());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// `startup` (a v4 STARTUP on stream 1) answered READY, and the session works.
+fn after_ready_with(name: &str, startup: Vec<u8>) -> Case<Cql> {
+    let startup = Arc::new(startup);
+    case(name, move |ctx: Arc<Cql>| {
+        let startup = startup.clone();
+        async move {
+            let mut s = connect(ctx.proxy).await?;
+            s.write_all(&startup).await.map_err(|e| e.to_string())?;
+            let r = read_frame(&mut s, LIMIT).await?;
+            ensure!((r.stream, r.opcode) == (1, READY), "STARTUP answered {r}");
+            check_after(&mut s, After::Open, true).await
+        }
+    })
+}
