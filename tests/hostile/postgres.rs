@@ -270,6 +270,21 @@ fn opening_cases(cases: &mut Vec<Case<Pg>>) {
         ("application_name", &pad),
     ]);
     assert_eq!(at_limit.len(), 10_004);
+    // The same packet with a short user grows past the limit once the proxy sets its own.
+    let longer_pad = format!("{pad}{}", "p".repeat(ENTRA_USER.len() - 1));
+    let short = startup(&[
+        ("user", "u"),
+        ("database", DB),
+        ("application_name", &longer_pad),
+    ]);
+    assert_eq!(short.len(), 10_004);
+    cases.push(fatal(
+        "a startup that outgrows the limit upstream",
+        short,
+        "08P01",
+        "invalid length of startup packet: 10017 once the proxy set the user",
+        Direct::No,
+    ));
     cases.push(session(
         "10,004-byte startup (PostgreSQL's limit)",
         false,

@@ -249,6 +249,13 @@ impl StartupMessage {
         self.get_str("database")
     }
 
+    /// The length of this message on the wire, length word included (what
+    /// [`messages::startup_message`](crate::messages::startup_message) writes).
+    pub fn encoded_len(&self) -> usize {
+        let params: usize = self.params.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+        4 + 4 + params + 1
+    }
+
     /// Drops every occurrence of `name` but the first; returns the last value dropped.
     fn remove_duplicates_after_first(&mut self, name: &str) -> Option<Vec<u8>> {
         let mut seen = false;
@@ -651,6 +658,17 @@ mod tests {
             Some(StartupPacket::SslRequest)
         );
         assert_eq!(&buf[..], b"\x16\x03\x01");
+    }
+
+    #[test]
+    fn encoded_len_is_what_is_written() {
+        let mut msg = StartupMessage::new(ProtocolVersion::V3_0);
+        assert_eq!(msg.encoded_len(), 9);
+        msg.set("user", "someone");
+        msg.set("database", &b"caf\xe9"[..]);
+        let mut buf = BytesMut::new();
+        crate::messages::startup_message(&msg, &mut buf).unwrap();
+        assert_eq!(msg.encoded_len(), buf.len());
     }
 
     #[test]
