@@ -54,6 +54,24 @@ where
     }
 }
 
+/// A case named `name` running `f` with `data` (shared by the runs of the case).
+pub(crate) fn case_with<C, D, F, Fut>(name: impl Into<String>, data: D, f: F) -> Case<C>
+where
+    D: Send + Sync + 'static,
+    F: Fn(Arc<C>, Arc<D>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let data = Arc::new(data);
+    case(name, move |c| f(c, data.clone()))
+}
+
+/// Connects to `addr`.
+pub(crate) async fn connect(addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))
+}
+
 /// Runs `cases`, `parallel` at a time, each bounded by `limit`; returns the failures, one line
 /// per failing case ("name: why"). A case that panics or overruns counts as failed.
 pub(crate) async fn run_cases<C: Send + Sync + 'static>(
