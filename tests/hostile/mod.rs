@@ -25,7 +25,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -114,6 +114,7 @@ pub(crate) async fn run_cases<C: Send + Sync + 'static>(
 /// An unrelated session running queries in a loop for as long as the cases run.
 pub(crate) struct Background {
     stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<(u64, Vec<String>)>,
 }
 
@@ -125,12 +126,16 @@ impl Background {
         Fut: Future<Output = Outcome> + Send,
     {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let done_count = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), done_count.clone());
         let task = tokio::spawn(async move {
             let (mut done, mut errors) = (0, Vec::new());
             while !flag.load(Ordering::Relaxed) {
                 match tokio::time::timeout(Duration::from_secs(30), query(done)).await {
-                    Ok(Ok(())) => done += 1,
+                    Ok(Ok(())) => {
+                        done += 1;
+                        count.store(done, Ordering::Relaxed);
+                    }
                     Ok(Err(e)) => errors.push(e),
                     Err(_) => errors.push("a query took over 30 s".into()),
                 }
@@ -138,11 +143,24 @@ impl Background {
             }
             (done, errors)
         });
-        Background { stop, task }
+        Background {
+            stop,
+            done: done_count,
+            task,
+        }
     }
 
-    /// Stops the loop; Err unless it saw no error and ran at least `min` queries.
+    /// Stops the loop once it has run at least `min` queries (waiting for that at most 2
+    /// minutes: a loaded machine is slow, not wrong); Err if any query failed or it never
+    /// got there.
     pub(crate) async fn finish(self, min: u64) -> Result<u64, String> {
+        let start = Instant::now();
+        while self.done.load(Ordering::Relaxed) < min
+            && start.elapsed() < Duration::from_secs(120)
+            && !self.task.is_finished()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.stop.store(true, Ordering::Relaxed);
         let (done, errors) = self.task.await.map_err(|e| format!("panicked: {e}"))?;
         if !errors.is_empty() {
@@ -157,6 +175,11 @@ impl Background {
             ));
         }
         Ok(done)
+    }
+
+    /// Queries run so far.
+    pub(crate) fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 }
 

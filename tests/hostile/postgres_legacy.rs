@@ -1,5 +1,6 @@
 //! Hostile clients that need a proxy of their own: strings that try to forge log lines (in
-//! both log formats), and refusals in a loop that must cost no Entra ID request.
+//! both log formats), refusals in a loop that must cost no Entra ID request, and a token the
+//! server refuses in a loop (at most one new token per 10 s).
 
 use std::time::Duration;
 
@@ -100,4 +101,47 @@ async fn refusals_that_are_not_about_the_token_cost_no_entra_request() {
         .simple_query("select 1")
         .await
         .unwrap();
+}
+
+/// The server refuses every token (the role's password changed behind the proxy's back): a
+/// client reconnecting in a loop makes the proxy drop its token and fetch another at most once
+/// per 10 s, however fast the client loops, and every attempt gets the server's refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_refused_in_a_loop_costs_at_most_one_entra_request_per_10_s() {
+    let s = Stack::start().await;
+    let proxy = s
+        .proxy_sp()
+        .expect_warnings(&[
+            FAILED_SESSION,
+            "the upstream refused the credential; retrying with a fresh one",
+            "the database rejected the access token again within 10 s",
+        ])
+        .spawn();
+    stack::connect(proxy.port())
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    s.azure.clear_on_issue();
+    s.pg.set_role_password(ENTRA_USER, &dbproxy_testkit::tokens::random_b64url(24))
+        .await
+        .unwrap();
+    let before = s.azure.issued().len();
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let err = stack::connect(proxy.port())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("attempt {i}: the refused token logged in"));
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "28P01", "attempt {i}: {message}");
+    }
+    let fetched = s.azure.issued().len() - before;
+    let windows = 1 + started.elapsed().as_secs() as usize / 10;
+    assert!(
+        (1..=windows).contains(&fetched),
+        "{fetched} tokens fetched for 20 refusals in {:?} (at most one per 10 s)",
+        started.elapsed()
+    );
 }
