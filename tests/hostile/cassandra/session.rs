@@ -95,7 +95,7 @@ pub(super) fn session_cases(cases: &mut Vec<Case<Cql>>) {
         Eof,
     ));
     // v5: segments after READY.
-    cases.push(v5("v5: a query in a segment", |q| q, Some(RESULT)));
+    cases.push(v5("v5: a query in a segment", |q| q, (2, RESULT, None)));
     cases.push(v5(
         "v5: a segment with a bad payload CRC",
         |mut q| {
@@ -103,7 +103,7 @@ pub(super) fn session_cases(cases: &mut Vec<Case<Cql>>) {
             q[n - 1] ^= 0xff;
             q
         },
-        None,
+        (0, ERROR, Some(PROTOCOL_ERROR)),
     ));
     cases.push(v5(
         "v5: a segment with a bad header CRC",
@@ -111,19 +111,32 @@ pub(super) fn session_cases(cases: &mut Vec<Case<Cql>>) {
             q[5] ^= 0xff;
             q
         },
-        None,
+        (0, ERROR, Some(PROTOCOL_ERROR)),
     ));
     cases.push(v5(
         "v5: legacy framing after READY",
         |_| query(5, 2, LOCAL),
-        None,
+        (0, ERROR, Some(PROTOCOL_ERROR)),
+    ));
+    // A frame over max_frame_size in v5 framing: its header is judged in the first of its
+    // segments; the session is closed with a protocol error on its stream.
+    cases.push(v5(
+        "v5: a frame over max_frame_size",
+        |_| {
+            let header = raw_len(0x05, 2, QUERY, (MAX_FRAME * 2) as u32, &[0; 1000]);
+            let mut out = bytes::BytesMut::new();
+            dbproxy_cassandra::segment::encode(&header, false, false, &mut out);
+            out.to_vec()
+        },
+        (2, ERROR, Some(PROTOCOL_ERROR)),
     ));
 }
 
 /// A v5 STARTUP (legacy framing), READY, then `segment(a query on stream 2 in one segment)`:
-/// answered with `answer` on stream 2 (then the client's EOF ends the session), or (None) with
-/// a protocol error in a segment on stream 0 (no frame to address it to), and closed.
-fn v5(name: &str, segment: fn(Vec<u8>) -> Vec<u8>, answer: Option<u8>) -> Case<Cql> {
+/// answered with one frame (in a segment) `want` = (stream, opcode, error code): a RESULT
+/// (the session goes on), or an ERROR after which the proxy closes (on stream 0 when no frame
+/// can be named: a bad CRC, garbled segments).
+fn v5(name: &str, segment: fn(Vec<u8>) -> Vec<u8>, want: (i16, u8, Option<i32>)) -> Case<Cql> {
     case(name, move |ctx: Arc<Cql>| async move {
         let mut s = connect(ctx.proxy).await?;
         s.write_all(&startup_v(5, 1))
@@ -140,18 +153,15 @@ fn v5(name: &str, segment: fn(Vec<u8>) -> Vec<u8>, answer: Option<u8>) -> Case<C
                 "SELECT release_version FROM system.local",
             )))
             .await;
-        let got = match answer {
-            Some(_) => read_v5_frame(&mut s).await?,
-            None => frames(
+        let got = match want.1 {
+            RESULT => read_v5_frame(&mut s).await?,
+            _ => frames(
                 &read_to_close(&mut s, LIMIT).await?,
                 Framing::V5 { lz4: false },
             )?,
         };
         let keys: Vec<_> = got.iter().map(Reply::key).collect();
-        let want = match answer {
-            Some(op) => (0x85, 2, op, None),
-            None => (0x85, 0, ERROR, Some(PROTOCOL_ERROR)),
-        };
+        let want = (0x85, want.0, want.1, want.2);
         ensure!(keys == [want], "got {got:?}, expected {want:?}");
         Ok(())
     })

@@ -21,6 +21,11 @@
 //! (libpq 17 does on both); clients that offer none, like libpq 16 and older, are served as
 //! before.
 //!
+//! SSLRequest and GSSENCRequest follow PostgreSQL's rules (`Negotiated`): each once, again
+//! after the other was refused, neither after TLS; a request that is not allowed is refused as
+//! PostgreSQL refuses it (0A000, "unsupported frontend protocol 1234.5679"). A client asking
+//! for protocol 1.x or 2.x is refused in protocol 2's error format, as PostgreSQL does.
+//!
 //! The packets are parsed by [`dbproxy_postgres::startup::parse_startup_packet`], which
 //! bounds every length before buffering. The whole opening, either TLS handshake included,
 //! runs under one deadline: the listener's handshake timeout.
