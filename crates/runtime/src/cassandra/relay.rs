@@ -30,8 +30,9 @@ use std::{
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
-    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, HEADER_LEN, Piece,
-    TopologyRewriter, UpstreamAction, codes, error_frame, schema::is_schema_change,
+    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, Framing,
+    HEADER_LEN, Piece, TopologyRewriter, UpstreamAction, codes, error_frame,
+    schema::is_schema_change,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -200,7 +201,7 @@ impl<C: Connector> Relay<C> {
                     Err(e) if !e.is_fatal() => {
                         // An oversized request, skipped without being buffered: refused on
                         // its stream as Cassandra refuses it; the session goes on.
-                        let (_, stream) = addressee_of(&e, &buf);
+                        let (_, stream) = addressee_of(&e, &buf, dec.framing());
                         tracing::info!(error = %e, stream, "refused a request over the listener's max_frame_size");
                         if reply_tx
                             .send((e.to_error_frame(self.version, stream), false))
@@ -212,7 +213,7 @@ impl<C: Connector> Relay<C> {
                         continue;
                     }
                     Err(e) => {
-                        let (version, stream) = addressee_of(&e, &buf);
+                        let (version, stream) = addressee_of(&e, &buf, dec.framing());
                         tracing::warn!(error = %Escaped(&e.to_string()), "garbage from the client; answering with an ERROR and closing");
                         let _ = reply_tx
                             .send((e.to_error_frame(version, stream), true))
@@ -380,8 +381,10 @@ impl<C: Connector> Relay<C> {
 }
 
 /// Where to address the ERROR for a decoding error: the offending header's version and stream
-/// when the error knows them (in v5 framing `buf` holds segments, not a frame header).
-fn addressee_of(e: &CqlError, buf: &[u8]) -> (u8, i16) {
+/// when the error knows them; else, in legacy framing, what the header in `buf` says; in v5
+/// framing (`buf` holds segments, not a frame header: a bad CRC, a garbled segment) v5 and
+/// stream 0, since no frame can be named.
+fn addressee_of(e: &CqlError, buf: &[u8], framing: Framing) -> (u8, i16) {
     match e {
         CqlError::FrameTooLarge {
             version, stream, ..
@@ -389,6 +392,28 @@ fn addressee_of(e: &CqlError, buf: &[u8]) -> (u8, i16) {
         | CqlError::RequestTooBig {
             version, stream, ..
         } => (*version, *stream),
+        _ if framing != Framing::Legacy => (5, 0),
         _ => addressee(buf),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_in_v5_framing_name_no_frame() {
+        // Segment bytes are not a frame header: whatever they look like, v5 and stream 0.
+        let segment = [0x85, 0, 0, 7, 0x07, 0, 0, 0, 0];
+        let crc = CqlError::SegmentCrc {
+            part: "header",
+            computed: 1,
+            received: 2,
+        };
+        assert_eq!(
+            addressee_of(&crc, &segment[1..], Framing::V5 { lz4: false }),
+            (5, 0)
+        );
+        assert_eq!(addressee_of(&crc, &segment, Framing::Legacy), (5, 7));
     }
 }

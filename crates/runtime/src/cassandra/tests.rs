@@ -593,3 +593,25 @@ async fn a_large_result_is_relayed_as_it_arrives_and_the_proxys_own_answers_wait
     drop(tokio::time::timeout(LIMIT, server).await.unwrap().unwrap());
     tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn bytes_that_are_not_cql_get_unsupported_version_not_frame_too_large() {
+    let (upstream, _servers) = MemoryUpstream::new();
+    let svc = service(upstream, ScriptedPasswords::new(&["key"]));
+    let (mut app, session) = connect(&svc);
+    // 'G' (0x47) as a version byte; "TTP/" as a length of 541 MB.
+    app.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op), (0x5420, opcode::ERROR));
+    let (code, message) = error_message(&body);
+    assert_eq!(code, codes::PROTOCOL_ERROR);
+    assert!(
+        message.starts_with("Invalid or unsupported protocol version (71)"),
+        "{message}"
+    );
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+}
