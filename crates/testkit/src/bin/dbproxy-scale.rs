@@ -169,7 +169,10 @@ impl Proxy {
             .env("AZURE_AUTHORITY_HOST", azure.authority_host())
             .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9")
             .env("SSL_CERT_FILE", ca_file)
-            .args(["--log-format", "json"])
+            // A burst of concurrent logins queues at PostgreSQL's postmaster (one fork each):
+            // generous timeouts, so the run measures latency instead of failing on it.
+            .args(["--log-format", "json", "--connect-timeout", "120s"])
+            .args(["--handshake-timeout", "300s"])
             .stderr(Stdio::from(std::fs::File::create(&log)?))
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
