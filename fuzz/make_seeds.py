@@ -257,3 +257,49 @@ example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proxy.
 if os.path.exists(example):
     with open(example, "rb") as f:
         write("config_toml", "proxy_toml_example", f.read())
+
+# ---- Credential responses (token endpoint, IMDS, App Service, az, listKeys, errors) --------
+# Byte 0: 0 Entra, 1 IMDS, 2 App Service, 3 az, 4 listKeys (+ kind << 3), 5 error body (byte 1:
+# secret length, then the secret, then the body), 6 Retry-After, 7 any JSON.
+JWT = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL29zc3JkYm1zIn0.c2lnbmF0dXJl"
+KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+KEY2 = "Zm9vYmFyYmF6cXV4eHl6enk0MjQyNDI0MjQyNDI0MjQyNDI0MjQyNDI0MjQyNDI0MjQyNDI0MjQyNDI0MjQyNA=="
+for mode, name, body in [
+    (1, "imds_strings", '{"access_token":"%s","refresh_token":"","expires_in":"3599","expires_on":"1506484173",'
+        '"not_before":"1506480273","resource":"https://ossrdbms-aad.database.windows.net","token_type":"Bearer"}' % JWT),
+    (1, "imds_numbers", '{"access_token":"tok","expires_in":3599,"expires_on":1506484173}'),
+    (2, "app_service", '{"access_token":"%s","expires_on":"1586984735","resource":"https://ossrdbms-aad.database.windows.net",'
+        '"token_type":"Bearer","client_id":"00000000-0000-0000-0000-000000000000"}' % JWT),
+    (0, "entra_v2", '{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"%s"}' % JWT),
+    (0, "no_expiry", '{"access_token":"tok"}'),
+    (0, "huge_expiry", '{"access_token":"tok","expires_in":18446744073709551615}'),
+    (0, "float_expiry", '{"access_token":"tok","expires_on":1.5e9}'),
+    (0, "not_json", 'not json with s3cret'),
+    (3, "az", '{"accessToken":"%s","expiresOn":"2030-01-02 03:04:05.000000","expires_on":2147385600,'
+        '"subscription":"s","tenant":"t","tokenType":"Bearer"}' % JWT),
+    (3, "az_local_time", '{"accessToken":"x","expiresOn":"2030-01-02 03:04:05.000000"}'),
+    (3, "az_iso_time", '{"accessToken":"x","expiresOn":"2030-01-02T03:04:05"}'),
+    (3, "az_truncated", '{"accessToken":"leaky"'),
+    (4, "list_keys", '{"primaryMasterKey":"%s","secondaryMasterKey":"%s","primaryReadonlyMasterKey":"%s",'
+        '"secondaryReadonlyMasterKey":"%s"}' % (KEY, KEY2, KEY2, KEY)),
+    (4 | 1 << 3, "list_keys_secondary_only", '{"secondaryMasterKey":"%s","primaryMasterKey":""}' % KEY2),
+    (4 | 2 << 3, "readonly_keys", '{"primaryReadonlyMasterKey":"%s","secondaryReadonlyMasterKey":"%s"}' % (KEY, KEY2)),
+    (4 | 3 << 3, "readonly_missing", '{"primaryReadonlyMasterKey":"%s"}' % KEY),
+    (6, "retry_after", ' 7 '),
+    (6, "retry_after_date", 'Wed, 21 Oct 2015 07:28:00 GMT'),
+    (7, "json", '{"error":{"code":"AuthorizationFailed","message":"no"}}'),
+]:
+    write("credential_responses", name, bytes([mode]) + body.encode())
+for name, secret, body in [
+    ("entra_error", "s3cret-value", '{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret '
+        's3cret-value is provided.\\r\\nTrace ID: 1","error_codes":[7000215],"timestamp":"2020-04-07 16:28:05Z"}'),
+    ("imds_error", "", '{"error":"invalid_request","error_description":"Identity not found"}'),
+    ("app_service_error", "IDENTITY-HEADER-sentinel", '{"statusCode":400,"message":"No Managed Identity found for '
+        'IDENTITY-HEADER-sentinel","correlationId":"x"}'),
+    ("arm_error", KEY, '{"error":{"code":"AuthorizationFailed","message":"The client does not have authorization '
+        'to perform action \'Microsoft.DocumentDB/databaseAccounts/listKeys/action\' %s\\nline 2"}}' % KEY),
+    ("multiline_secret", "abcd\nefgh", '{"error":"x","error_description":"bad abcd\\nefgh."}'),
+    ("html", "", '<html>'),
+]:
+    s = secret.encode()
+    write("credential_responses", name, bytes([5, len(s)]) + s + body.encode())

@@ -1,25 +1,21 @@
-//! The configuration file: arbitrary text written to a temporary file and loaded with
-//! `Config::load` (`--config FILE`, an empty environment): TOML parsing, the serde types and
-//! the validation of every listener.
+//! The configuration file: arbitrary text (lossily UTF-8) loaded with `Config::from_text`,
+//! the path `Config::load` takes once it has read `--config FILE` (no flags, an empty
+//! environment): TOML parsing, the serde types and the validation of every listener.
 #![no_main]
 
 use clap::Parser;
 use entra_db_proxy::{Config, EnvSnapshot, Flags};
 use libfuzzer_sys::fuzz_target;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::OnceLock;
 
-fn path() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        std::env::temp_dir().join(format!("entra-db-proxy-fuzz-{}.toml", std::process::id()))
-    })
+fn flags() -> &'static Flags {
+    static FLAGS: OnceLock<Flags> = OnceLock::new();
+    FLAGS.get_or_init(|| Flags::try_parse_from(["entra-db-proxy"]).unwrap())
 }
 
 fuzz_target!(|data: &[u8]| {
-    let path = path();
-    std::fs::write(path, data).unwrap();
-    let flags =
-        Flags::try_parse_from(["entra-db-proxy", "--config", path.to_str().unwrap()]).unwrap();
-    let _ = Config::load(&flags, &EnvSnapshot::default());
+    let text = String::from_utf8_lossy(data);
+    let file = Some((Path::new("fuzz.toml"), &*text));
+    let _ = Config::from_text(flags(), &EnvSnapshot::default(), file);
 });

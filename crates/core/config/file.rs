@@ -93,11 +93,16 @@ fn cosmos_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CosmosKeyKind>, 
     s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
-/// Reads and deserializes the file; errors name the file (and `toml`'s the line and key).
-pub fn read(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+/// Reads the file's text; the error names the file.
+pub fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))
+}
+
+/// Deserializes the text of the file at `path`; errors name the file (and `toml`'s the line
+/// and key).
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
 impl FileConfig {

@@ -26,7 +26,11 @@ pub mod size;
 #[cfg(test)]
 mod tests;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use dbproxy_credentials::{CosmosKeyKind, CredentialSpec};
@@ -221,8 +225,23 @@ impl Config {
     /// Builds the configuration from flags (which already include `ENTRA_DB_PROXY_*`), the
     /// optional file, and the environment.
     pub fn load(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Config> {
-        let mut file = match &flags.config {
-            Some(path) => Some((path.clone(), file::read(path)?)),
+        let text = match &flags.config {
+            Some(path) => Some((path.as_path(), file::read(path)?)),
+            None => None,
+        };
+        Config::from_text(flags, env, text.as_ref().map(|(p, t)| (*p, t.as_str())))
+    }
+
+    /// [`load`](Config::load) with the configuration file already read: `file` is its path
+    /// (named in messages) and its text, in place of reading `flags.config`. The fuzz target
+    /// `config_toml` calls this, so it runs the loader's own path without the filesystem.
+    pub fn from_text(
+        flags: &Flags,
+        env: &EnvSnapshot,
+        file: Option<(&Path, &str)>,
+    ) -> anyhow::Result<Config> {
+        let mut file = match file {
+            Some((path, text)) => Some((path, file::parse(path, text)?)),
             None => None,
         };
         let mut listeners = Vec::new();

@@ -14,7 +14,7 @@
 use std::{
     path::PathBuf,
     process::Stdio,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use serde_json::Value;
@@ -24,7 +24,7 @@ use crate::{
     error::{CredentialError, scrub},
     secret::{AccessToken, Secret},
     source::{CredentialOptions, TokenSource},
-    wire::lenient_u64,
+    wire::{epoch_seconds, lenient_u64},
 };
 
 const WHO: &str = "Azure CLI";
@@ -134,9 +134,7 @@ fn local_to_system(s: &str) -> Option<SystemTime> {
     let ts = time::PrimitiveDateTime::new(date, t)
         .assume_offset(offset)
         .unix_timestamp();
-    u64::try_from(ts)
-        .ok()
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    u64::try_from(ts).ok().and_then(epoch_seconds)
 }
 
 /// Parses the CLI's JSON output.
@@ -159,7 +157,7 @@ pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError
         }
     };
     let expires_on = lenient_u64(v.get("expires_on"))
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        .and_then(epoch_seconds)
         .or_else(|| {
             v.get("expiresOn")
                 .and_then(Value::as_str)
@@ -254,6 +252,7 @@ impl TokenSource for AzureCli {
 mod tests {
     use super::*;
     use crate::testutil::{fake_az, opts_with, path_with};
+    use std::time::UNIX_EPOCH;
 
     const SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
 
@@ -322,5 +321,10 @@ echo '{"accessToken":"cli-token","expiresOn":"2030-01-02 03:04:05.000000","expir
         let e = parse_output(b"{\"accessToken\":\"leaky\"").unwrap_err();
         assert!(!e.to_string().contains("leaky"));
         assert!(parse_output(br#"{"accessToken":"x"}"#).is_err());
+        // A number beyond what SystemTime holds is no time (it used to overflow and panic).
+        assert!(parse_output(br#"{"accessToken":"x","expires_on":1e300}"#).is_err());
+        assert!(
+            parse_output(br#"{"accessToken":"x","expires_on":"18446744073709551615"}"#).is_err()
+        );
     }
 }

@@ -216,19 +216,25 @@ impl CredentialError {
 }
 
 /// Replaces every occurrence of each (non-trivial) secret in `text` by `<redacted>`, and cuts
-/// the text to its first line, at most 300 characters.
+/// the text to its first non-empty line, at most 300 characters. Secrets are replaced before
+/// the cut (a secret spanning lines, or one with surrounding whitespace, leaves no part on the
+/// kept line) and also without their surrounding whitespace (a client secret read from a file
+/// with its trailing newline).
 pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out = text
+    let mut all = text.to_owned();
+    for s in secrets {
+        for s in [*s, s.trim()] {
+            if s.len() >= 4 {
+                all = all.replace(s, "<redacted>");
+            }
+        }
+    }
+    let mut out = all
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("")
         .to_owned();
-    for s in secrets {
-        if s.len() >= 4 {
-            out = out.replace(s, "<redacted>");
-        }
-    }
     if out.chars().count() > 300 {
         out = out.chars().take(300).collect::<String>() + "…";
     }
@@ -280,6 +286,10 @@ mod tests {
             "AADSTS7000215: bad secret <redacted>."
         );
         assert_eq!(scrub("", &[]), "");
+        // A secret spanning lines, or kept with its trailing newline, leaves nothing behind.
+        assert_eq!(scrub("bad abcd\nefgh.", &["abcd\nefgh"]), "bad <redacted>.");
+        assert_eq!(scrub("bad abcd1234.", &["abcd1234\n"]), "bad <redacted>.");
+        assert_eq!(scrub("\n  abcd1234  \nx", &["  abcd1234  "]), "<redacted>");
     }
 
     #[test]

@@ -38,6 +38,7 @@
 //! * `cosmos` — [`CosmosKeySource`]: a Cosmos DB account key from ARM `listKeys` (Cassandra API):
 //!   `cosmos::arm` (the HTTP exchange) and `cosmos::keys` (key kinds, choice, refusals).
 //! * `password_file` — [`PasswordFile`]: a password kept in a file (development only).
+//! * `fuzzing` (only with the `fuzzing` feature, for `fuzz/`): the response parsers above.
 //!
 //! All sources are hand-written over reqwest rather than wrapping `azure_identity` (see each
 //! module's notes): the SDK's credentials cache tokens internally (defeating
@@ -54,6 +55,9 @@ mod cosmos;
 mod entra;
 mod env;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod managed_identity;
 mod password;
 mod password_file;

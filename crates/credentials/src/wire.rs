@@ -41,6 +41,12 @@ pub(crate) fn lenient_u64(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// `secs` after the Unix epoch; `None` beyond what [`SystemTime`] holds (a peer's number,
+/// e.g. `"expires_on":1e300`, must not overflow the addition).
+pub(crate) fn epoch_seconds(secs: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
 /// The delay a `Retry-After: <seconds>` header asks for.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?;
@@ -83,15 +89,22 @@ pub(crate) fn parse_token_response(
         }
     };
     // `expires_in` is relative, so a skewed local clock does not matter: prefer it.
-    let expires_on = if let Some(secs) = lenient_u64(v.get("expires_in")) {
-        now + Duration::from_secs(secs)
+    let (field, expires_on) = if let Some(secs) = lenient_u64(v.get("expires_in")) {
+        ("expires_in", now.checked_add(Duration::from_secs(secs)))
     } else if let Some(on) = lenient_u64(v.get("expires_on")) {
-        UNIX_EPOCH + Duration::from_secs(on)
+        ("expires_on", epoch_seconds(on))
     } else {
         return Err(CredentialError::invalid(
             who,
             endpoint,
             "neither expires_on nor expires_in is a number",
+        ));
+    };
+    let Some(expires_on) = expires_on else {
+        return Err(CredentialError::invalid(
+            who,
+            endpoint,
+            format!("{field} is too large to be a time"),
         ));
     };
     Ok(AccessToken { token, expires_on })
@@ -167,6 +180,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.expires_on, UNIX_EPOCH + Duration::from_secs(1506484173));
+        for huge in [
+            r#""expires_in":18446744073709551615"#,
+            r#""expires_in":"1e300""#,
+            r#""expires_on":18446744073709551615"#,
+            r#""expires_on":1e300"#,
+        ] {
+            let body = format!(r#"{{"access_token":"tok",{huge}}}"#);
+            let e = parse_token_response(body.as_bytes(), now, "x", "e").unwrap_err();
+            assert!(e.to_string().contains("too large to be a time"), "{e}");
+        }
         let e = parse_token_response(br#"{"access_token":"tok"}"#, now, "x", "e").unwrap_err();
         assert!(!e.to_string().contains("tok\""), "{e}");
         let e = parse_token_response(b"not json with s3cret", now, "x", "e").unwrap_err();

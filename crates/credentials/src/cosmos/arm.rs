@@ -182,7 +182,7 @@ impl Arm {
                     Some(self.retry_delay(attempt)),
                 ),
                 Ok((status, _, body)) if status.is_success() => {
-                    return self.parse(&body, &who, &endpoint);
+                    return parse_keys(self.kind, &body, &who, &endpoint);
                 }
                 Ok((status, wait, body)) => {
                     let mut secrets = known_keys();
@@ -229,24 +229,31 @@ impl Arm {
             }
         }
     }
+}
 
-    fn parse(&self, body: &[u8], who: &str, endpoint: &str) -> Result<Pair, CredentialError> {
-        let v = json_body(body, who, endpoint)?;
-        let key = |field: &str| match v.get(field) {
-            Some(Value::String(s)) if !s.is_empty() => Some(Secret::new(s.clone())),
-            _ => None,
-        };
-        let (preferred, other) = self.kind.fields();
-        let Some(preferred_key) = key(preferred) else {
-            return Err(CredentialError::invalid(
-                who,
-                endpoint,
-                format!("no {preferred} in the answer"),
-            ));
-        };
-        Ok(Pair {
-            preferred: preferred_key,
-            other: key(other),
-        })
-    }
+/// Parses a successful `listKeys` / `readonlykeys` answer: the `kind`'s key (required) and
+/// the other key of its pair (optional). Errors never quote the body.
+pub(super) fn parse_keys(
+    kind: CosmosKeyKind,
+    body: &[u8],
+    who: &str,
+    endpoint: &str,
+) -> Result<Pair, CredentialError> {
+    let v = json_body(body, who, endpoint)?;
+    let key = |field: &str| match v.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Some(Secret::new(s.clone())),
+        _ => None,
+    };
+    let (preferred, other) = kind.fields();
+    let Some(preferred_key) = key(preferred) else {
+        return Err(CredentialError::invalid(
+            who,
+            endpoint,
+            format!("no {preferred} in the answer"),
+        ));
+    };
+    Ok(Pair {
+        preferred: preferred_key,
+        other: key(other),
+    })
 }

@@ -63,6 +63,17 @@ use crate::{
     secret::Secret,
 };
 
+/// [`arm::parse_keys`] for the fuzz targets: (the kind's key, the other key of its pair).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse_list_keys(
+    kind: CosmosKeyKind,
+    body: &[u8],
+    who: &str,
+    endpoint: &str,
+) -> Result<(Secret, Option<Secret>), CredentialError> {
+    arm::parse_keys(kind, body, who, endpoint).map(|p| (p.preferred, p.other))
+}
+
 /// The scope of the ARM token used to list keys (the default of `AZURE_COSMOS_SCOPE`).
 pub const COSMOS_ARM_SCOPE: &str = "https://management.azure.com/.default";
 
