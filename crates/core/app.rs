@@ -74,8 +74,12 @@ impl Prepared {
 fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Result<Vec<Prepared>> {
     let http_trust = Trust::new(config.ca_file.as_deref()).context("outbound TLS trust")?;
     let http = http_trust
-        .http_client()
+        .http_client_with_timeout(config.credential_timeout)
         .context("HTTP client for Entra ID")?;
+    let policy = RefreshPolicy {
+        timeout: config.credential_timeout,
+        ..RefreshPolicy::default()
+    };
     let cred_options = CredentialOptions {
         http: http.clone(),
         authority_host: config.authority_host.clone(),
@@ -88,7 +92,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
         let token = || -> anyhow::Result<Arc<TokenCache>> {
             let source = dbproxy_credentials::build(&l.credential, &cred_options)
                 .with_context(|| format!("listener {}: credential", l.name))?;
-            let cache = TokenCache::new(source, l.scope.clone(), RefreshPolicy::default());
+            let cache = TokenCache::new(source, l.scope.clone(), policy.clone());
             cache.spawn_refresher();
             Ok(cache)
         };

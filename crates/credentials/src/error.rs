@@ -93,8 +93,8 @@ pub enum CredentialError {
         /// What was wrong (never the body itself).
         message: String,
     },
-    /// No token within the allowed time.
-    #[error("{who}: no token within {}s", after.as_secs_f32())]
+    /// No answer (a token, a key) within the allowed time.
+    #[error("{who}: timed out: no answer within {}s", after.as_secs_f32())]
     Timeout {
         /// The source.
         who: String,

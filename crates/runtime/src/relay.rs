@@ -4,13 +4,16 @@
 //! shuts the other side's write half down, so a client's Terminate and close propagate. The
 //! client stream is wrapped in [`Metered`], which counts bytes into the listener's metrics as
 //! they pass (so long sessions show up before they end) and notes the last activity for the
-//! optional idle timeout.
+//! optional idle timeout. Which side reached end of stream first is noted, so that the log
+//! line and the metrics say whether the client or the upstream ended the session (a database
+//! restart ends sessions from the upstream side); an I/O error after that (writing to a side
+//! that has gone) is part of the same close, not a relay failure.
 
 use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -34,11 +37,17 @@ pub struct Transferred {
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayEnd {
-    /// A side closed.
-    Closed,
+    /// The client closed first.
+    ClientClosed,
+    /// The upstream closed first (e.g. the database restarted).
+    UpstreamClosed,
     /// Nothing moved for the idle timeout.
     Idle,
 }
+
+/// Which side reached end of stream first (0: neither yet).
+const CLIENT_EOF: u8 = 1;
+const UPSTREAM_EOF: u8 = 2;
 
 /// Counters and limits for one relay.
 pub struct RelayOptions {
@@ -62,6 +71,7 @@ where
 {
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
+    let first_eof = Arc::new(AtomicU8::new(0));
     let mut metered = Metered {
         inner: client,
         to_upstream: options.to_upstream,
@@ -69,6 +79,11 @@ where
         started,
         last_activity_ms: last.clone(),
         moved: Transferred::default(),
+        first_eof: first_eof.clone(),
+    };
+    let mut upstream = UpstreamEof {
+        inner: upstream,
+        first_eof: first_eof.clone(),
     };
     let idle = async {
         let Some(limit) = options.idle_timeout else {
@@ -83,12 +98,25 @@ where
             tokio::time::sleep_until(deadline).await;
         }
     };
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut metered, upstream) => {
-            let (to_upstream, to_client) = r?;
-            Ok((Transferred { to_upstream, to_client }, RelayEnd::Closed))
-        }
-        _ = idle => Ok((metered.moved, RelayEnd::Idle)),
+    let r = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut metered, &mut upstream) => r,
+        _ = idle => return Ok((metered.moved, RelayEnd::Idle)),
+    };
+    let end = match first_eof.load(Ordering::SeqCst) {
+        UPSTREAM_EOF => RelayEnd::UpstreamClosed,
+        _ => RelayEnd::ClientClosed,
+    };
+    match r {
+        Ok((to_upstream, to_client)) => Ok((
+            Transferred {
+                to_upstream,
+                to_client,
+            },
+            end,
+        )),
+        // An error once a side has closed (writing to the side that went) is that close.
+        Err(_) if first_eof.load(Ordering::SeqCst) != 0 => Ok((metered.moved, end)),
+        Err(e) => Err(e),
     }
 }
 
@@ -100,6 +128,64 @@ struct Metered<'a, C: ?Sized> {
     started: Instant,
     last_activity_ms: Arc<AtomicU64>,
     moved: Transferred,
+    first_eof: Arc<AtomicU8>,
+}
+
+/// Notes the first end of stream read from `buf` into `first_eof`.
+fn note_eof(
+    first_eof: &AtomicU8,
+    side: u8,
+    r: &Poll<std::io::Result<()>>,
+    read: usize,
+    room: bool,
+) {
+    if matches!(r, Poll::Ready(Ok(()))) && read == 0 && room {
+        let _ = first_eof.compare_exchange(0, side, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// The upstream stream, noting when it reaches end of stream.
+struct UpstreamEof<'a, U: ?Sized> {
+    inner: &'a mut U,
+    first_eof: Arc<AtomicU8>,
+}
+
+impl<U: AsyncRead + Unpin + ?Sized> AsyncRead for UpstreamEof<'_, U> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        note_eof(
+            &this.first_eof,
+            UPSTREAM_EOF,
+            &r,
+            buf.filled().len() - before,
+            room,
+        );
+        r
+    }
+}
+
+impl<U: AsyncWrite + Unpin + ?Sized> AsyncWrite for UpstreamEof<'_, U> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl<C: ?Sized> Metered<'_, C> {
@@ -116,8 +202,15 @@ impl<C: AsyncRead + Unpin + ?Sized> AsyncRead for Metered<'_, C> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
         let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        note_eof(
+            &this.first_eof,
+            CLIENT_EOF,
+            &r,
+            buf.filled().len() - before,
+            room,
+        );
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
             this.to_upstream.inc_by(n);
@@ -185,8 +278,42 @@ mod tests {
         drop(client_app);
         drop(server);
         let (t, end) = relay.await.unwrap();
-        assert_eq!((t.to_upstream, t.to_client, end), (5, 7, RelayEnd::Closed));
+        assert_eq!(
+            (t.to_upstream, t.to_client, end),
+            (5, 7, RelayEnd::ClientClosed)
+        );
         assert_eq!((to_upstream.get(), to_client.get()), (5, 7));
+    }
+
+    /// The upstream goes away first (a database restart): its last bytes reach the client,
+    /// the client's side is closed, and the end is the upstream's.
+    #[tokio::test]
+    async fn an_upstream_close_is_told_apart() {
+        let (mut client_app, mut client_side) = tokio::io::duplex(64);
+        let (mut upstream_side, mut server) = tokio::io::duplex(64);
+        let opts = RelayOptions {
+            to_upstream: Counter::default(),
+            to_client: Counter::default(),
+            idle_timeout: None,
+        };
+        let relay = tokio::spawn(async move {
+            relay(&mut client_side, &mut upstream_side, opts)
+                .await
+                .unwrap()
+        });
+        server.write_all(b"bye").await.unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client_app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got, b"bye",
+            "the client sees the last bytes, then the close"
+        );
+        // The client, told, closes too (writing first: the upstream is gone).
+        let _ = client_app.write_all(b"late").await;
+        drop(client_app);
+        let (t, end) = relay.await.unwrap();
+        assert_eq!((t.to_client, end), (3, RelayEnd::UpstreamClosed));
     }
 
     #[tokio::test(start_paused = true)]

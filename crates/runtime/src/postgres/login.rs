@@ -57,11 +57,14 @@ impl<C: Connector> PostgresService<C> {
                 Some(HINT_CREDENTIAL),
             )
         };
-        let (upstream, to_client) =
-            session::login_with_retry(self.credential.as_ref(), 2, no_password, |password| {
-                self.attempt(startup.clone(), password.expose().as_bytes().to_vec())
-            })
-            .await?;
+        let (upstream, to_client) = session::login_with_retry(
+            self.credential.as_ref(),
+            2,
+            self.handshake_timeout,
+            no_password,
+            |password| self.attempt(startup.clone(), password.expose().as_bytes().to_vec()),
+        )
+        .await?;
         client.write_all(&to_client).await.map_err(|e| {
             SessionError::silent(CloseReason::ClientIo, format!("client went away: {e}"))
         })?;

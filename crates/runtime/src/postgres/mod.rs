@@ -67,7 +67,8 @@ pub struct PostgresService<C = PostgresUpstream> {
     pub default_database: Option<String>,
     /// Source of the password (an Entra ID access token).
     pub credential: Arc<dyn PasswordSource>,
-    /// Bound on the client's startup and on the upstream login, each.
+    /// Bound on the client's startup, on waiting for the credential, and on the upstream
+    /// login, each.
     pub handshake_timeout: Duration,
     /// Close sessions idle for this long (None: never).
     pub idle_timeout: Option<Duration>,
@@ -216,7 +217,8 @@ impl<C: Connector> PostgresService<C> {
         transferred.to_upstream += pipelined.len() as u64;
         Ok(Ended {
             reason: match end {
-                RelayEnd::Closed => CloseReason::ClientClosed,
+                RelayEnd::ClientClosed => CloseReason::ClientClosed,
+                RelayEnd::UpstreamClosed => CloseReason::UpstreamClosed,
                 RelayEnd::Idle => CloseReason::IdleTimeout,
             },
             transferred,
