@@ -1,6 +1,5 @@
-//! Faults between the proxy and its upstream: what the client sees, and that it sees it in
-//! time. Each fault is a loopback stand-in: a server that accepts TCP and never speaks, a name
-//! that does not resolve.
+//! The upstream unreachable: a server that accepts TCP and never answers TLS, a name that
+//! does not resolve.
 
 use std::time::{Duration, Instant};
 
