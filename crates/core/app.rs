@@ -2,7 +2,8 @@
 //!
 //! Start-up ([`Proxy::start`]), in order:
 //! 1. Outbound trust (OS roots, SSL_CERT_FILE/SSL_CERT_DIR, CA files) and the HTTP client for
-//!    Entra ID are built once.
+//!    Entra ID are built once; `credential_timeout` bounds each of its requests and each token
+//!    acquisition.
 //! 2. Each listener gets a credential and a token cache whose refresher starts at once, so the
 //!    first token is usually there before the first client.
 //! 3. Listeners are bound one after the other (TCP or Unix sockets); an address in use stops

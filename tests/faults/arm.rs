@@ -19,7 +19,7 @@ const FETCH_FAILED: &str = "Cosmos DB account key fetch failed";
 
 /// A v4 STARTUP on a raw connection: `Ok(())` for READY, else the ERROR's (code, message).
 /// Answered within 30 s.
-async fn startup(addr: std::net::SocketAddr) -> Result<(), (i32, String)> {
+pub(super) async fn startup(addr: std::net::SocketAddr) -> Result<(), (i32, String)> {
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut body = vec![0, 1];
     for s in ["CQL_VERSION", "3.0.0"] {

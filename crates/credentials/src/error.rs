@@ -129,9 +129,13 @@ fn format_attempts(attempts: &[(String, String)]) -> String {
     if attempts.is_empty() {
         return "no source is configured".into();
     }
+    // A source's errors usually start with its own name: not twice.
     attempts
         .iter()
-        .map(|(who, e)| format!("[{who}: {e}]"))
+        .map(|(who, e)| match e.strip_prefix(who.as_str()) {
+            Some(rest) if rest.starts_with(": ") => format!("[{e}]"),
+            _ => format!("[{who}: {e}]"),
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -280,6 +284,23 @@ mod tests {
             "AADSTS7000215: bad secret <redacted>."
         );
         assert_eq!(scrub("", &[]), "");
+    }
+
+    #[test]
+    fn exhausted_names_each_source_once() {
+        let e = CredentialError::Exhausted {
+            attempts: vec![
+                ("Azure CLI".into(), "Azure CLI: not logged in".into()),
+                (
+                    "managed identity (IMDS)".into(),
+                    "no IMDS endpoint answered".into(),
+                ),
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no credential source produced a token: [Azure CLI: not logged in] [managed identity (IMDS): no IMDS endpoint answered]"
+        );
     }
 
     #[test]

@@ -124,3 +124,101 @@ pub(crate) fn arm_error(status: StatusCode, code: &str, message: &str) -> Respon
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        azure::{FakeAzure, FakeAzureConfig},
+        certs::TestCa,
+    };
+
+    #[tokio::test]
+    async fn arm_faults_in_order_then_lasting_then_cleared() {
+        let ca = TestCa::new("faults test CA");
+        let fake = FakeAzure::start(&ca, FakeAzureConfig::default())
+            .await
+            .unwrap();
+        let http = ca.reqwest_client();
+        let url = fake.list_keys_url("acct");
+        fake.queue_arm_faults(&[
+            ArmFault::Throttled {
+                retry_after_secs: 7,
+            },
+            ArmFault::Status(500),
+        ]);
+        fake.set_arm_failing(Some(ArmFault::Status(503)));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = http.post(&url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert!(v["error"]["message"].as_str().is_some(), "{v}");
+            seen.push((
+                status,
+                v["error"]["code"].as_str().unwrap().to_owned(),
+                retry_after,
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                (429, "TooManyRequests".into(), Some("7".into())),
+                (500, "InternalServerError".into(), None),
+                (503, "ServiceUnavailable".into(), None),
+            ]
+        );
+        fake.set_arm_failing(None);
+        // Past the faults, ARM's own checks again: no token here.
+        let r = http.post(&url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(fake.arm_requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn hung_token_endpoints_never_finish_and_others_answer() {
+        let ca = TestCa::new("faults test CA");
+        let fake = FakeAzure::start(&ca, FakeAzureConfig::default())
+            .await
+            .unwrap();
+        let http = ca.reqwest_client();
+        let imds = format!(
+            "{}?api-version=2018-02-01&resource=x",
+            fake.imds_token_url()
+        );
+        fake.set_identity_hang(Hang::NoAnswer);
+        let r = tokio::time::timeout(
+            Duration::from_millis(300),
+            http.get(&imds).header("Metadata", "true").send(),
+        )
+        .await;
+        assert!(r.is_err(), "no answer at all");
+        fake.set_identity_hang(Hang::StalledBody);
+        let r = http
+            .post(fake.token_url())
+            .send()
+            .await
+            .expect("the headers come");
+        assert_eq!(r.status().as_u16(), 200);
+        let body = tokio::time::timeout(Duration::from_millis(300), r.bytes()).await;
+        assert!(body.is_err(), "the body never ends");
+        // ARM is no identity endpoint: it answers.
+        let r = http.post(fake.list_keys_url("a")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        fake.set_identity_hang(Hang::No);
+        let r = http
+            .get(&imds)
+            .header("Metadata", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(fake.hung_requests(), 2);
+    }
+}
