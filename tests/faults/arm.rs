@@ -171,3 +171,36 @@ async fn lasting_arm_errors_give_0x0100_then_recover() {
         .await
         .unwrap();
 }
+
+/// Entra hanging on the Cosmos DB path (the ARM token never comes): the driver gets ERROR
+/// 0x0100 saying the key source timed out, within the handshake timeout, though a key fetch
+/// may take minutes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_arm_token_gives_0x0100_within_the_handshake_timeout() {
+    let a = Account::new(1, "armtokenhang").await;
+    a.azure
+        .set_identity_hang(dbproxy_testkit::azure::Hang::NoAnswer);
+    let proxy = a
+        .proxy()
+        .args(["--handshake-timeout", "3s", "--admin-listen", "127.0.0.1:0"])
+        .expect_warnings(&[FAILED_SESSION])
+        .spawn();
+    let started = Instant::now();
+    let (code, message) = startup(proxy.addrs["cassandra"])
+        .await
+        .expect_err("no key, no session");
+    eprintln!("{code:#06x} after {:?}: {message}", started.elapsed());
+    assert_eq!(code, 0x0100, "{message}");
+    assert!(
+        message.contains("Cosmos DB primary key from https://")
+            && message.contains("timed out: no answer within 3s"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let (status, _) = http_get(proxy.admin.unwrap(), "/readiness").await;
+    assert_eq!(status, 503);
+    assert!(
+        a.azure.arm_requests().is_empty(),
+        "no token, no ARM request"
+    );
+}

@@ -237,3 +237,27 @@ async fn the_default_chain_does_not_wait_for_a_hanging_imds() {
     assert_eq!(http_get(admin, "/readiness").await.0, 503);
     assert!(metric(admin, FAILURES, PG).await >= 1.0);
 }
+
+/// The credential timeout above the handshake timeout: a connecting client still waits at most
+/// the handshake timeout, and is told the credential timed out (the acquisition goes on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_waits_for_a_hung_credential_at_most_the_handshake_timeout() {
+    let s = Stack::start().await;
+    s.azure.set_identity_hang(Hang::NoAnswer);
+    let proxy = s
+        .proxy_sp()
+        .args(["--credential-timeout", "60s", "--handshake-timeout", "2s"])
+        .expect_warnings(&[FAILED_SESSION])
+        .spawn();
+    let message = refused_28000(&proxy).await;
+    assert!(
+        message.contains("client secret (tenant=")
+            && message.contains("timed out: no answer within 2s (still trying in the background)"),
+        "{message}"
+    );
+    assert_eq!(
+        s.azure.hung_requests(),
+        1,
+        "one acquisition, still hung, shared"
+    );
+}
