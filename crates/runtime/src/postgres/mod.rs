@@ -186,7 +186,7 @@ impl<C: Connector> PostgresService<C> {
         );
 
         // 2.–4. Credential, upstream TLS and login; a refused token is replaced once.
-        let mut upstream = self.login(client, upstream_startup).await?;
+        let (mut upstream, server) = self.login(client, upstream_startup).await?;
         tracing::info!(user = %self.user, database = %Escaped(&database), "logged in upstream; relaying");
         self.metrics
             .handshake
@@ -210,6 +210,7 @@ impl<C: Connector> PostgresService<C> {
             to_upstream: self.metrics.bytes_to_upstream.clone(),
             to_client: self.metrics.bytes_to_client.clone(),
             idle_timeout: self.idle_timeout,
+            server,
         };
         let (mut transferred, end) = relay(client, &mut upstream, options)
             .await
