@@ -118,7 +118,7 @@ impl Drop for Account {
 }
 
 /// A scylla session through the proxy: no credentials, no TLS.
-async fn session(proxy: &Proxy, lz4: bool) -> Session {
+pub(crate) async fn session(proxy: &Proxy, lz4: bool) -> Session {
     let mut b = SessionBuilder::new().known_node(proxy.addrs["cassandra"].to_string());
     if lz4 {
         b = b.compression(Some(scylla::frame::Compression::Lz4));

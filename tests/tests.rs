@@ -23,7 +23,9 @@ mod failures;
 /// Faults: token endpoints and IMDS that hang, ARM throttling, an upstream that never answers
 /// or does not resolve, databases restarted under live sessions.
 mod faults;
-/// Hostile clients: pipelining, garbage, log forgery, refusals in a loop.
+/// Hostile clients: a table of cases per protocol (bad lengths, versions, negotiations,
+/// half-open and slow sockets, storms, random bytes, v5 segments…) against one proxy each,
+/// compared with the real server where it answers; log forgery; refusals in a loop.
 mod hostile;
 /// The proxy as a library, in process, stopped by a future.
 mod in_process;

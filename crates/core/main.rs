@@ -3,6 +3,8 @@
 //! to signals: the first SIGTERM/SIGINT starts the graceful shutdown, a second one skips its
 //! waiting.
 
+mod allocator;
+
 use std::process::ExitCode;
 
 use anyhow::Context;

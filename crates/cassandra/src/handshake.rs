@@ -100,10 +100,20 @@ impl ClientHandshake {
         let protocol_error = |message: String| {
             messages::error_frame(h.version, h.stream, codes::PROTOCOL_ERROR, &message)
         };
+        // Cassandra's checks and wording (`Message.Type.fromOpcode`): the opcode, then the
+        // direction.
+        if opcode::name(h.opcode) == "unknown" {
+            return Ok(HandshakeAction::Reply(protocol_error(format!(
+                "Unknown opcode {}",
+                h.opcode
+            ))));
+        }
         if h.response {
-            return Ok(HandshakeAction::ReplyAndClose(protocol_error(
-                "Received a response frame from a client".into(),
-            )));
+            return Ok(HandshakeAction::ReplyAndClose(protocol_error(format!(
+                "Wrong protocol direction (expected REQUEST, got RESPONSE) for opcode {} ({})",
+                h.opcode,
+                opcode::name(h.opcode)
+            ))));
         }
         match h.opcode {
             opcode::OPTIONS => Ok(HandshakeAction::Reply(
@@ -332,6 +342,27 @@ mod tests {
         assert_eq!(code, codes::PROTOCOL_ERROR);
         assert!(message.contains("QUERY"), "{message}");
         assert_eq!(reply.header.stream, 2);
+    }
+
+    #[test]
+    fn unknown_opcodes_and_response_frames_get_cassandras_words() {
+        let mut hs = handshake(4);
+        let f = Frame::new(4, false, 0, 2, 0x7f, Bytes::new());
+        let HandshakeAction::Reply(reply) = hs.on_frame(&f).unwrap() else {
+            panic!("expected a reply");
+        };
+        assert_eq!(
+            parse_error(&reply.body).unwrap(),
+            (codes::PROTOCOL_ERROR, "Unknown opcode 127".into())
+        );
+        let f = Frame::new(4, true, 0, 2, opcode::OPTIONS, Bytes::new());
+        let HandshakeAction::ReplyAndClose(reply) = hs.on_frame(&f).unwrap() else {
+            panic!("expected a reply and a close");
+        };
+        assert_eq!(
+            parse_error(&reply.body).unwrap().1,
+            "Wrong protocol direction (expected REQUEST, got RESPONSE) for opcode 5 (OPTIONS)"
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ mod wire;
 
 pub use error::CqlError;
 pub use frame::{
-    BodyCompression, Frame, FrameDecoder, FrameEncoder, FrameHeader, Framing, HEADER_LEN,
+    BodyCompression, Frame, FrameDecoder, FrameEncoder, FrameHeader, Framing, HEADER_LEN, Piece,
 };
 pub use handshake::{ClientHandshake, HandshakeAction, SupportedOptions};
 pub use login::{LoginStep, UpstreamLogin};

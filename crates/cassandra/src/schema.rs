@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// RESULT kind of a schema change.
-const KIND_SCHEMA_CHANGE: i32 = 5;
+pub(crate) const KIND_SCHEMA_CHANGE: i32 = 5;
 /// RESULT kind of rows.
 const KIND_ROWS: i32 = 2;
 /// Consistency ONE.

@@ -582,6 +582,9 @@ fn is_topology_event(frame: &Frame, compression: BodyCompression, max: usize) ->
     }
 }
 
+#[path = "topology_large.rs"]
+mod large;
+
 #[cfg(test)]
 #[path = "topology_tests.rs"]
 mod tests;

@@ -677,3 +677,102 @@ fn a_compressed_request_announcing_more_than_the_bound_is_refused() {
         Ok(ClientAction::Forward)
     ));
 }
+
+/// The first bytes of `frame`'s body, as the relay offers them for a large frame.
+fn prefix(frame: &Frame, n: usize) -> &[u8] {
+    &frame.body[..n.min(frame.body.len())]
+}
+
+#[test]
+fn large_requests_are_held_whole_only_when_they_may_concern_the_topology() {
+    let registry = PreparedStatements::new();
+    let mut rw = TopologyRewriter::with_prepared(topology(), registry.clone());
+    let peers = query(1, "SELECT * FROM system.peers", 0);
+    assert!(rw.request_needs_whole(&peers.header, prefix(&peers, 4096)));
+
+    // A big INSERT is relayed as it arrives, and whatever was pending on its stream is
+    // forgotten (the stream now carries another request).
+    rw.on_client_frame(&peers, BodyCompression::None).unwrap();
+    let insert = query(
+        1,
+        &format!(
+            "INSERT INTO ks.t (k, v) VALUES (1, '{}')",
+            "x".repeat(100_000)
+        ),
+        0,
+    );
+    assert!(!rw.request_needs_whole(&insert.header, prefix(&insert, 65_536)));
+    let rows = result(
+        1,
+        0,
+        rows_body(rows_metadata("peers", peers_specs(false)), vec![]),
+    );
+    assert!(!rw.response_needs_whole(&rows.header, prefix(&rows, 65_536)));
+
+    // A query text longer than the classifier ever reads is not a system-table query.
+    let long = format!(
+        "SELECT * FROM system.peers /* {} */",
+        "y".repeat(MAX_CLASSIFIED_QUERY_LEN)
+    );
+    let long = query(2, &long, 0);
+    assert!(!rw.request_needs_whole(&long.header, prefix(&long, 1024)));
+
+    // Compressed: the first bytes cannot tell.
+    let mut compressed = insert.clone();
+    compressed.header.flags |= flags::COMPRESSION;
+    assert!(rw.request_needs_whole(&compressed.header, prefix(&compressed, 65_536)));
+    // Cut inside the custom payload: cannot tell either.
+    let mut custom = insert.clone();
+    custom.header.flags |= flags::CUSTOM_PAYLOAD;
+    assert!(rw.request_needs_whole(&custom.header, &[0, 1, 0, 200, b'k']));
+
+    // EXECUTE: held whole only for a prepared system-table statement.
+    let id = b"prepared-peers";
+    registry.insert(
+        Bytes::from_static(id),
+        PreparedSystem {
+            table: SystemTable::Peers,
+            col_specs: vec![],
+        },
+    );
+    let exec = execute(3, id);
+    assert!(rw.request_needs_whole(&exec.header, &exec.body));
+    let other = execute(3, b"another");
+    assert!(!rw.request_needs_whole(&other.header, &other.body));
+    // Anything else (a BATCH, REGISTER…) is relayed as it arrives.
+    let batch = Frame::new(4, false, 0, 5, opcode::BATCH, vec![0u8; 70_000]);
+    assert!(!rw.request_needs_whole(&batch.header, prefix(&batch, 65_536)));
+}
+
+#[test]
+fn large_responses_are_held_whole_for_pending_streams_events_and_schema_changes() {
+    let mut rw = TopologyRewriter::new(topology());
+    rw.on_client_frame(
+        &query(7, "SELECT * FROM system.local", 0),
+        BodyCompression::None,
+    )
+    .unwrap();
+    let rows = result(
+        7,
+        0,
+        rows_body(rows_metadata("local", local_specs()), vec![local_row()]),
+    );
+    assert!(rw.response_needs_whole(&rows.header, &rows.body));
+    let elsewhere = rows.clone().with_stream(8);
+    assert!(!rw.response_needs_whole(&elsewhere.header, &elsewhere.body));
+
+    let event = Frame::new(4, true, 0, -1, opcode::EVENT, vec![0u8; 16]);
+    assert!(rw.response_needs_whole(&event.header, &event.body));
+
+    // SCHEMA_CHANGE (kind 5), after a warnings list: held for schema agreement.
+    let mut body = BytesMut::new();
+    body.put_u16(1);
+    body.put_u16(4);
+    body.put_slice(b"warn");
+    body.put_i32(5);
+    let schema = result(9, flags::WARNING, body.freeze());
+    assert!(rw.response_needs_whole(&schema.header, &schema.body));
+    // Unreadable first bytes: held whole too.
+    let cut = result(9, flags::WARNING, Bytes::from_static(&[0, 1, 0]));
+    assert!(rw.response_needs_whole(&cut.header, &cut.body));
+}

@@ -64,6 +64,14 @@ impl ProtocolError {
         &self.message
     }
 
+    /// Whether the client must be answered in protocol 2's error format
+    /// ([`messages::error_response_v2`](crate::messages::error_response_v2)): it asked for
+    /// protocol 1.x or 2.x. PostgreSQL answers those so (`send_message_to_frontend`: the
+    /// protocol-3 format when the major version is 3 or more, or the version is 0).
+    pub fn wants_v2_format(&self) -> bool {
+        matches!(self.kind, ProtocolErrorKind::UnsupportedVersion(v) if v.major < 3 && v.code() != 0)
+    }
+
     /// A FATAL ErrorResponse describing this error, ready for
     /// [`messages::error_response`](crate::messages::error_response).
     pub fn to_error_fields(&self) -> ErrorFields {

@@ -176,6 +176,17 @@ pub fn error_response(fields: &ErrorFields, buf: &mut BytesMut) {
     buf.put_slice(&body);
 }
 
+/// An error in protocol 2's format, as PostgreSQL answers a client that asked for protocol 1.x
+/// or 2.x (`send_message_to_frontend`): `'E'`, then `"FATAL:  <message>\n"` and a NUL, with no
+/// length word and no fields, so that such a client can show why it is refused.
+pub fn error_response_v2(severity: &str, message: &str, buf: &mut BytesMut) {
+    buf.put_u8(b'E');
+    buf.extend(severity.bytes().filter(|b| *b != 0));
+    buf.put_slice(b":  ");
+    buf.extend(message.bytes().filter(|b| *b != 0));
+    buf.put_slice(b"\n\0");
+}
+
 fn put_field(buf: &mut BytesMut, field: u8, value: &str) {
     buf.put_u8(field);
     buf.extend(value.bytes().filter(|b| *b != 0));

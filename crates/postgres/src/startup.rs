@@ -46,10 +46,9 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::{ProtocolError, ProtocolErrorKind};
 
-/// The largest startup packet accepted, in bytes, counting the length word itself.
-///
-/// PostgreSQL uses the same limit (`MAX_STARTUP_PACKET_LENGTH`) for the packet's body.
-pub const MAX_STARTUP_LEN: usize = 10_000;
+/// The largest startup packet accepted, in bytes, counting the length word itself: PostgreSQL's
+/// `MAX_STARTUP_PACKET_LENGTH` (10,000) bounds what follows the length word.
+pub const MAX_STARTUP_LEN: usize = 10_004;
 
 /// The smallest startup packet: the length word and the code.
 const MIN_STARTUP_LEN: usize = 8;
@@ -250,6 +249,13 @@ impl StartupMessage {
         self.get_str("database")
     }
 
+    /// The length of this message on the wire, length word included (what
+    /// [`messages::startup_message`](crate::messages::startup_message) writes).
+    pub fn encoded_len(&self) -> usize {
+        let params: usize = self.params.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+        4 + 4 + params + 1
+    }
+
     /// Drops every occurrence of `name` but the first; returns the last value dropped.
     fn remove_duplicates_after_first(&mut self, name: &str) -> Option<Vec<u8>> {
         let mut seen = false;
@@ -334,6 +340,20 @@ fn parse_packet(body: &[u8]) -> Result<StartupPacket, ProtocolError> {
     }
 }
 
+/// The refusal of a StartupMessage asking for `version` (0A000, PostgreSQL's wording). Also what
+/// PostgreSQL answers an SSLRequest or GSSENCRequest that comes when that negotiation is over:
+/// it reads it as a StartupMessage of protocol 1234.5679 or 1234.5680.
+pub fn unsupported_version(version: ProtocolVersion) -> ProtocolError {
+    ProtocolError::new(
+        ProtocolErrorKind::UnsupportedVersion(version),
+        format!(
+            "unsupported frontend protocol {version}: server supports {} to {}",
+            ProtocolVersion::V3_0,
+            ProtocolVersion::LATEST
+        ),
+    )
+}
+
 fn parse_cancel_request(rest: &[u8]) -> Result<StartupPacket, ProtocolError> {
     let invalid = || {
         ProtocolError::new(
@@ -359,14 +379,7 @@ fn parse_startup_message(
     mut rest: &[u8],
 ) -> Result<StartupMessage, ProtocolError> {
     if !version.is_supported() {
-        return Err(ProtocolError::new(
-            ProtocolErrorKind::UnsupportedVersion(version),
-            format!(
-                "unsupported frontend protocol {version}: server supports {} to {}",
-                ProtocolVersion::V3_0,
-                ProtocolVersion::LATEST
-            ),
-        ));
+        return Err(unsupported_version(version));
     }
     let mut msg = StartupMessage::new(version);
     loop {
@@ -648,6 +661,17 @@ mod tests {
     }
 
     #[test]
+    fn encoded_len_is_what_is_written() {
+        let mut msg = StartupMessage::new(ProtocolVersion::V3_0);
+        assert_eq!(msg.encoded_len(), 9);
+        msg.set("user", "someone");
+        msg.set("database", &b"caf\xe9"[..]);
+        let mut buf = BytesMut::new();
+        crate::messages::startup_message(&msg, &mut buf).unwrap();
+        assert_eq!(msg.encoded_len(), buf.len());
+    }
+
+    #[test]
     fn oversized_is_rejected_at_the_header() {
         // Only the length word has arrived: no need to wait for 10 KB more.
         let mut buf = BytesMut::from(&((MAX_STARTUP_LEN + 1) as u32).to_be_bytes()[..]);
@@ -656,7 +680,7 @@ mod tests {
         assert_eq!(err.code(), sqlstate::PROTOCOL_VIOLATION);
         assert!(
             err.to_string()
-                .starts_with("invalid length of startup packet: 10001")
+                .starts_with("invalid length of startup packet: 10005 (must be 8 to 10004)")
         );
 
         // Exactly at the limit is fine.

@@ -85,6 +85,20 @@ pub(crate) fn addressee(buf: &[u8]) -> (u8, i16) {
     (version, stream)
 }
 
+/// The ERROR for a header whose version byte is outside what the listener speaks (3 to `max`),
+/// addressed as [`dbproxy_cassandra::unsupported_version_frame`] addresses it; None when the
+/// version is one the listener speaks.
+fn unsupported_version_reply(buf: &[u8], max: u8) -> Option<BytesMut> {
+    let header = dbproxy_cassandra::FrameHeader::parse(buf)?;
+    if (dbproxy_cassandra::handshake::MIN_VERSION..=max).contains(&header.version) {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    dbproxy_cassandra::unsupported_version_frame(header.version, max, header.stream)
+        .encode(&mut out);
+    Some(out)
+}
+
 impl<C: Connector> CassandraService<C> {
     /// TLS on connect: required, or offered (a TLS ClientHello starts with 0x16; a CQL frame
     /// with its version byte).
@@ -158,6 +172,18 @@ impl<C: Connector> CassandraService<C> {
                     ));
                 }
                 Err(ReadError::Cql(e)) => {
+                    // As Cassandra, the version byte is judged before the length: bytes that
+                    // are not CQL at all (HTTP, TLS to a plain port, noise) get "unsupported
+                    // protocol version", not "frame too large".
+                    if let Some(reply) = unsupported_version_reply(buf, self.max_version) {
+                        let message =
+                            "refused the client's opening: not a supported protocol version";
+                        return Err(SessionError::with_reply(
+                            CloseReason::ClientProtocol,
+                            message,
+                            reply,
+                        ));
+                    }
                     let (version, stream) = addressee(buf);
                     let reason = CloseReason::ClientProtocol;
                     return Err(cql_error(reason, version, stream, e.code(), e.to_string()));

@@ -13,7 +13,12 @@
 //! sockets are read 64 KiB at a time, a client frame over the cap is skipped as it arrives and
 //! refused with Cassandra's ERROR 0x2200 on its stream (the session goes on), a compressed body
 //! announcing more than the cap is refused before it is decompressed (0x000A, closing), and an
-//! upstream frame over the cap closes the session with a warning.
+//! upstream frame over the cap closes the session with a warning. In v3/v4 framing a frame
+//! longer than one read that the rewriting does not need whole (a big INSERT, a page of rows:
+//! see `dbproxy_cassandra::topology`'s `request_needs_whole`) is relayed as its bytes arrive,
+//! so such a session holds about one read per direction, not one frame; the proxy's own
+//! answers to the client wait for the end of such a frame. v5 frames are always held whole
+//! (up to the cap), each segment's CRC being checked and re-computed.
 
 use std::{
     sync::{
@@ -25,8 +30,9 @@ use std::{
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
-    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, HEADER_LEN,
-    TopologyRewriter, UpstreamAction, codes, error_frame, schema::is_schema_change,
+    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, Framing,
+    HEADER_LEN, Piece, TopologyRewriter, UpstreamAction, codes, error_frame,
+    schema::is_schema_change,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -35,6 +41,10 @@ use super::{
     handshake::{addressee, read_some},
 };
 use crate::{escape::Escaped, relay::Transferred, session::CloseReason, upstream::Connector};
+
+/// Frames longer than this (header included) are relayed as they arrive when the topology
+/// rewriting does not need them whole: about one socket read.
+const PASS_MIN: usize = 64 * 1024;
 
 /// Bytes read from one side but not yet decoded, and the decoder that splits them.
 pub(crate) struct Inbound {
@@ -137,9 +147,21 @@ impl<C: Connector> Relay<C> {
             } = from_client;
             let mut enc = to_upstream;
             let mut out = BytesMut::new();
+            dec.pass_large_frames(Some(PASS_MIN));
             loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(frame)) if frame.header.version != self.version => {
+                let piece = dec.next_piece(&mut buf, |h, prefix| {
+                    h.version != self.version
+                        || self
+                            .rewriter
+                            .lock()
+                            .map_or(true, |mut r| r.request_needs_whole(h, prefix))
+                });
+                match piece {
+                    Ok(Some(Piece::Raw(bytes))) => {
+                        out.extend_from_slice(&bytes);
+                        continue;
+                    }
+                    Ok(Some(Piece::Frame(frame))) if frame.header.version != self.version => {
                         let message = format!(
                             "Invalid message version. Got {} but previous messages on this connection had version {}",
                             frame.header.version, self.version
@@ -154,7 +176,7 @@ impl<C: Connector> Relay<C> {
                         let _ = reply_tx.send((error, true)).await;
                         return CloseReason::ClientProtocol;
                     }
-                    Ok(Some(frame)) => {
+                    Ok(Some(Piece::Frame(frame))) => {
                         let action = match self.rewriter.lock() {
                             Ok(mut r) => r.on_client_frame(&frame, self.compression),
                             Err(_) => return CloseReason::Internal,
@@ -179,7 +201,7 @@ impl<C: Connector> Relay<C> {
                     Err(e) if !e.is_fatal() => {
                         // An oversized request, skipped without being buffered: refused on
                         // its stream as Cassandra refuses it; the session goes on.
-                        let (_, stream) = addressee_of(&e, &buf);
+                        let (_, stream) = addressee_of(&e, &buf, dec.framing());
                         tracing::info!(error = %e, stream, "refused a request over the listener's max_frame_size");
                         if reply_tx
                             .send((e.to_error_frame(self.version, stream), false))
@@ -191,7 +213,7 @@ impl<C: Connector> Relay<C> {
                         continue;
                     }
                     Err(e) => {
-                        let (version, stream) = addressee_of(&e, &buf);
+                        let (version, stream) = addressee_of(&e, &buf, dec.framing());
                         tracing::warn!(error = %Escaped(&e.to_string()), "garbage from the client; answering with an ERROR and closing");
                         let _ = reply_tx
                             .send((e.to_error_frame(version, stream), true))
@@ -226,9 +248,19 @@ impl<C: Connector> Relay<C> {
             } = from_upstream;
             let mut enc = to_client;
             let mut out = BytesMut::new();
+            dec.pass_large_frames(Some(PASS_MIN));
             loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(frame)) => {
+                let piece = dec.next_piece(&mut buf, |h, prefix| {
+                    self.rewriter
+                        .lock()
+                        .map_or(true, |r| r.response_needs_whole(h, prefix))
+                });
+                match piece {
+                    Ok(Some(Piece::Raw(bytes))) => {
+                        out.extend_from_slice(&bytes);
+                        continue;
+                    }
+                    Ok(Some(Piece::Frame(frame))) => {
                         let action = match self.rewriter.lock() {
                             Ok(mut r) => r.on_upstream_frame(frame, self.compression),
                             Err(_) => return CloseReason::Internal,
@@ -287,6 +319,9 @@ impl<C: Connector> Relay<C> {
                     }
                     out.clear();
                 }
+                // In the middle of a frame relayed as it arrives, nothing else may be written to
+                // the client: the proxy's own replies wait for its end.
+                let passing = dec.is_passing();
                 tokio::select! {
                     r = read_some(&mut ur, &mut buf) => match r {
                         Ok(0) | Err(_) => {
@@ -299,7 +334,7 @@ impl<C: Connector> Relay<C> {
                             self.touch();
                         }
                     },
-                    reply = reply_rx.recv() => match reply {
+                    reply = reply_rx.recv(), if !passing => match reply {
                         Some((frame, close)) => {
                             enc.encode(&frame, &mut out);
                             if close {
@@ -346,8 +381,10 @@ impl<C: Connector> Relay<C> {
 }
 
 /// Where to address the ERROR for a decoding error: the offending header's version and stream
-/// when the error knows them (in v5 framing `buf` holds segments, not a frame header).
-fn addressee_of(e: &CqlError, buf: &[u8]) -> (u8, i16) {
+/// when the error knows them; else, in legacy framing, what the header in `buf` says; in v5
+/// framing (`buf` holds segments, not a frame header: a bad CRC, a garbled segment) v5 and
+/// stream 0, since no frame can be named.
+fn addressee_of(e: &CqlError, buf: &[u8], framing: Framing) -> (u8, i16) {
     match e {
         CqlError::FrameTooLarge {
             version, stream, ..
@@ -355,6 +392,28 @@ fn addressee_of(e: &CqlError, buf: &[u8]) -> (u8, i16) {
         | CqlError::RequestTooBig {
             version, stream, ..
         } => (*version, *stream),
+        _ if framing != Framing::Legacy => (5, 0),
         _ => addressee(buf),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_in_v5_framing_name_no_frame() {
+        // Segment bytes are not a frame header: whatever they look like, v5 and stream 0.
+        let segment = [0x85, 0, 0, 7, 0x07, 0, 0, 0, 0];
+        let crc = CqlError::SegmentCrc {
+            part: "header",
+            computed: 1,
+            received: 2,
+        };
+        assert_eq!(
+            addressee_of(&crc, &segment[1..], Framing::V5 { lz4: false }),
+            (5, 0)
+        );
+        assert_eq!(addressee_of(&crc, &segment, Framing::Legacy), (5, 7));
     }
 }

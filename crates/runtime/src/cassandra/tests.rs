@@ -510,3 +510,108 @@ async fn a_ddl_result_waits_for_agreement_without_holding_other_streams() {
     drop(app);
     tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_large_result_is_relayed_as_it_arrives_and_the_proxys_own_answers_wait_for_its_end() {
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let svc = service_capped(upstream, ScriptedPasswords::new(&["key"]), 1024 * 1024);
+    // A 512 KiB RESULT on stream 5, sent in two parts.
+    let body: Vec<u8> = (0..512 * 1024).map(|i| (i % 253) as u8).collect();
+    let result = response(5, opcode::RESULT, &body);
+    let (first, rest) = result.split_at(200 * 1024);
+    let (first, rest) = (first.to_vec(), rest.to_vec());
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        accept_login(&mut s).await;
+        assert_eq!(read_frame(&mut s).await.0, 5);
+        s.write_all(&first).await.unwrap();
+        // The request after the oversized one: by now the proxy has queued its ERROR for the
+        // oversized one, while the RESULT is half relayed.
+        assert_eq!(read_frame(&mut s).await.0, 7);
+        s.write_all(&rest).await.unwrap();
+        s.write_all(&response(7, opcode::RESULT, &[0, 0, 0, 1]))
+            .await
+            .unwrap();
+        s
+    });
+    let (mut app, session) = logged_in(&svc).await;
+    app.write_all(&query_frame(4, 5, "SELECT v FROM ks.big").to_bytes())
+        .await
+        .unwrap();
+    // Most of the first part reaches the driver before the upstream has sent the rest.
+    let mut got = vec![0u8; 150 * 1024];
+    tokio::time::timeout(LIMIT, app.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    // An oversized request (answered by the proxy itself), then a normal one.
+    let mut oversized = BytesMut::new();
+    dbproxy_cassandra::FrameHeader {
+        version: 4,
+        response: false,
+        flags: 0,
+        stream: 6,
+        opcode: opcode::QUERY,
+        body_len: 2 * 1024 * 1024,
+    }
+    .encode(&mut oversized);
+    let (mut reader, mut writer) = tokio::io::split(app);
+    let write = tokio::spawn(async move {
+        writer.write_all(&oversized).await.unwrap();
+        writer.write_all(&vec![0u8; 2 * 1024 * 1024]).await.unwrap();
+        writer
+            .write_all(&query_frame(4, 7, "SELECT v FROM ks.t").to_bytes())
+            .await
+            .unwrap();
+        writer
+    });
+    let mut whole = got;
+    let mut tail = vec![0u8; result.len() - whole.len()];
+    tokio::time::timeout(LIMIT, reader.read_exact(&mut tail))
+        .await
+        .unwrap()
+        .unwrap();
+    whole.extend_from_slice(&tail);
+    assert!(
+        whole == result[..],
+        "the RESULT arrives byte for byte, uninterrupted"
+    );
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(
+            tokio::time::timeout(LIMIT, read_frame(&mut reader))
+                .await
+                .unwrap(),
+        );
+    }
+    answers.sort_by_key(|(stream, _, _)| *stream);
+    assert_eq!((answers[0].0, answers[0].1), (6, opcode::ERROR));
+    assert_eq!(error_message(&answers[0].2).0, codes::INVALID);
+    assert_eq!(answers[1], (7, opcode::RESULT, vec![0, 0, 0, 1]));
+    let writer = tokio::time::timeout(LIMIT, write).await.unwrap().unwrap();
+    drop(reader.unsplit(writer));
+    drop(tokio::time::timeout(LIMIT, server).await.unwrap().unwrap());
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_cql_get_unsupported_version_not_frame_too_large() {
+    let (upstream, _servers) = MemoryUpstream::new();
+    let svc = service(upstream, ScriptedPasswords::new(&["key"]));
+    let (mut app, session) = connect(&svc);
+    // 'G' (0x47) as a version byte; "TTP/" as a length of 541 MB.
+    app.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!((stream, op), (0x5420, opcode::ERROR));
+    let (code, message) = error_message(&body);
+    assert_eq!(code, codes::PROTOCOL_ERROR);
+    assert!(
+        message.starts_with("Invalid or unsupported protocol version (71)"),
+        "{message}"
+    );
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+}

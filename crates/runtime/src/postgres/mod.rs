@@ -36,6 +36,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use bytes::BytesMut;
 use dbproxy_credentials::PasswordSource;
 use dbproxy_postgres::{
+    MAX_STARTUP_LEN,
     messages::{self, ErrorFields},
     sqlstate,
 };
@@ -174,6 +175,19 @@ impl<C: Connector> PostgresService<C> {
         // Values are bytes as sent (PostgreSQL does not check their encoding); logged lossily.
         let client_user = startup.get_lossy("user").unwrap_or_default().into_owned();
         let upstream_startup = self.upstream_startup(startup);
+        // The client's packet was within PostgreSQL's limit, but with the proxy's user (and
+        // default database) it may not be: the server would close without a word.
+        let len = upstream_startup.encoded_len();
+        if len > MAX_STARTUP_LEN {
+            return Err(fatal(
+                CloseReason::ClientProtocol,
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "invalid length of startup packet: {len} once the proxy set the user and database (must be 8 to {MAX_STARTUP_LEN})"
+                ),
+                Some("Send fewer or shorter startup parameters."),
+            ));
+        }
         let database = upstream_startup
             .get_lossy("database")
             .map_or_else(|| self.user.clone(), |d| d.into_owned());

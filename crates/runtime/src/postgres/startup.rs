@@ -21,14 +21,22 @@
 //! (libpq 17 does on both); clients that offer none, like libpq 16 and older, are served as
 //! before.
 //!
+//! SSLRequest and GSSENCRequest follow PostgreSQL's rules (`Negotiated`): each once, again
+//! after the other was refused, neither after TLS; a request that is not allowed is refused as
+//! PostgreSQL refuses it (0A000, "unsupported frontend protocol 1234.5679"). A client asking
+//! for protocol 1.x or 2.x is refused in protocol 2's error format, as PostgreSQL does.
+//!
 //! The packets are parsed by [`dbproxy_postgres::startup::parse_startup_packet`], which
 //! bounds every length before buffering. The whole opening, either TLS handshake included,
 //! runs under one deadline: the listener's handshake timeout.
 
 use bytes::BytesMut;
 use dbproxy_postgres::{
-    messages, sqlstate,
-    startup::{ALPN_PROTOCOL, StartupMessage, StartupPacket, is_direct_tls, parse_startup_packet},
+    ProtocolError, messages, sqlstate,
+    startup::{
+        ALPN_PROTOCOL, GSSENC_REQUEST_CODE, ProtocolVersion, SSL_REQUEST_CODE, StartupMessage,
+        StartupPacket, is_direct_tls, parse_startup_packet, unsupported_version,
+    },
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -120,9 +128,19 @@ impl<C: Connector> PostgresService<C> {
             }
             tracing::debug!("direct TLS accepted (ALPN postgresql)");
         }
+        let mut negotiated = if client.is_tls() {
+            Negotiated::encrypted()
+        } else {
+            Negotiated::default()
+        };
         loop {
             let offer = self.local_tls.is_some() && !client.is_tls();
-            let read = read_client_startup(&mut client, std::mem::take(&mut buf), offer);
+            let read = read_client_startup(
+                &mut client,
+                std::mem::take(&mut buf),
+                offer,
+                &mut negotiated,
+            );
             let opening = match timeout_at(deadline, read).await {
                 Ok(Ok(opening)) => opening,
                 Ok(Err(e)) => return Err((Some(client), e)),
@@ -220,18 +238,49 @@ where
     Ok(())
 }
 
+/// Which encryption requests the client may still send: PostgreSQL's `ssl_done` and
+/// `gss_done` (`ProcessStartupPacket`). Each request may come once; a refused SSLRequest
+/// allows a GSSENCRequest and the other way round (the client may try either order); after TLS
+/// neither. A request that is not allowed is read as a StartupMessage of protocol 1234.5679 or
+/// 1234.5680, and refused as such (0A000), as PostgreSQL does.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Negotiated {
+    ssl_done: bool,
+    gss_done: bool,
+}
+
+impl Negotiated {
+    /// After a TLS handshake (either negotiation): no encryption request is allowed any more.
+    pub(crate) fn encrypted() -> Negotiated {
+        Negotiated {
+            ssl_done: true,
+            gss_done: true,
+        }
+    }
+}
+
+/// The FATAL for a packet the parser refused: an ErrorResponse, or for a client that asked
+/// for protocol 1.x/2.x the protocol-2 error PostgreSQL sends such clients.
+fn refuse(e: &ProtocolError) -> SessionError {
+    if e.wants_v2_format() {
+        let mut reply = BytesMut::new();
+        messages::error_response_v2(messages::FATAL, e.message(), &mut reply);
+        return SessionError::with_reply(CloseReason::ClientProtocol, e.to_string(), reply);
+    }
+    fatal(CloseReason::ClientProtocol, e.code(), e.to_string(), None)
+}
+
 /// Reads the client's opening packets (`buf` holds bytes already read), declining GSS
-/// encryption, and TLS unless `offer_tls`.
+/// encryption, and TLS unless `offer_tls`; `negotiated` says which requests may still come.
 async fn read_client_startup<S>(
     client: &mut S,
     mut buf: BytesMut,
     offer_tls: bool,
+    negotiated: &mut Negotiated,
 ) -> Result<Opening, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // SSLRequest and GSSENCRequest may each come once before the StartupMessage.
-    let mut negotiations = 0;
     loop {
         let packet = match parse_startup_packet(&mut buf) {
             Ok(Some(p)) => p,
@@ -239,35 +288,48 @@ where
                 read_some(client, &mut buf).await?;
                 continue;
             }
-            Err(e) => {
-                return Err(fatal(
-                    CloseReason::ClientProtocol,
-                    e.code(),
-                    e.to_string(),
-                    None,
-                ));
-            }
+            Err(e) => return Err(refuse(&e)),
         };
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                negotiations += 1;
+                let ssl = packet == StartupPacket::SslRequest;
+                let (done, code, what) = if ssl {
+                    (negotiated.ssl_done, SSL_REQUEST_CODE, "SSL request")
+                } else {
+                    (
+                        negotiated.gss_done,
+                        GSSENC_REQUEST_CODE,
+                        "GSSAPI encryption request",
+                    )
+                };
+                if done {
+                    return Err(refuse(&unsupported_version(ProtocolVersion::from_code(
+                        code,
+                    ))));
+                }
                 // As PostgreSQL: bytes behind an encryption request, before the answer, would
                 // be taken as if they had come over the encrypted channel (CVE-2021-23214).
-                if negotiations > 2 || !buf.is_empty() {
+                if !buf.is_empty() {
                     return Err(fatal(
                         CloseReason::ClientProtocol,
                         sqlstate::PROTOCOL_VIOLATION,
-                        "unexpected encryption negotiation".into(),
+                        format!("received unencrypted data after {what}"),
                         None,
                     ));
                 }
-                if offer_tls && packet == StartupPacket::SslRequest {
+                if ssl && offer_tls {
+                    *negotiated = Negotiated::encrypted();
                     return Ok(Opening::TlsRequested);
                 }
                 client
                     .write_all(&[messages::SSL_NOT_SUPPORTED])
                     .await
                     .map_err(|e| SessionError::silent(CloseReason::ClientIo, e.to_string()))?;
+                // Refused: the other request may come (again), as in PostgreSQL.
+                *negotiated = Negotiated {
+                    ssl_done: ssl,
+                    gss_done: !ssl,
+                };
             }
             StartupPacket::CancelRequest {
                 process_id,
@@ -284,5 +346,87 @@ where
                 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SSL: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    const GSS: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+
+    /// Sends `packets` to `read_client_startup` one at a time, reading the one-byte answer
+    /// to each but the last; returns those answers and either what was opened or the bytes of
+    /// the refusal.
+    async fn open(packets: &[&[u8]]) -> (Vec<u8>, Result<&'static str, String>) {
+        let (mut app, mut proxy) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let mut negotiated = Negotiated::default();
+            let r = read_client_startup(&mut proxy, BytesMut::new(), false, &mut negotiated).await;
+            match r {
+                Ok(Opening::TlsRequested) => Ok("tls"),
+                Ok(Opening::Start(ClientStart::Startup { .. })) => Ok("startup"),
+                Ok(Opening::Start(ClientStart::Cancel(_))) => Ok("cancel"),
+                Err(e) => Err(String::from_utf8_lossy(&e.reply).into_owned()),
+            }
+        });
+        let mut answers = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            app.write_all(p).await.unwrap();
+            if i + 1 < packets.len() {
+                answers.push(app.read_u8().await.unwrap());
+            }
+        }
+        (answers, task.await.unwrap())
+    }
+
+    fn startup() -> Vec<u8> {
+        let mut msg = StartupMessage::new(ProtocolVersion::V3_0);
+        msg.set("user", "u");
+        let mut buf = BytesMut::new();
+        messages::startup_message(&msg, &mut buf).unwrap();
+        buf.to_vec()
+    }
+
+    #[tokio::test]
+    async fn each_encryption_request_comes_once_as_in_postgresql() {
+        // A second GSSENCRequest is a StartupMessage of protocol 1234.5680 to PostgreSQL.
+        let (answers, r) = open(&[&GSS, &GSS]).await;
+        assert_eq!(answers, b"N");
+        let reply = r.unwrap_err();
+        assert!(reply.contains("0A000"), "{reply}");
+        assert!(
+            reply.contains("unsupported frontend protocol 1234.5680: server supports 3.0 to 3.2"),
+            "{reply}"
+        );
+        let (answers, r) = open(&[&SSL, &SSL]).await;
+        assert_eq!(answers, b"N");
+        assert!(r.unwrap_err().contains("1234.5679"));
+        // Bytes behind a request, before its answer, are refused (CVE-2021-23214).
+        let (_, r) = open(&[&[SSL, GSS].concat()]).await;
+        assert!(
+            r.unwrap_err()
+                .contains("received unencrypted data after SSL request")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_allows_the_other_one_again() {
+        let (answers, r) = open(&[&SSL, &GSS, &SSL, &GSS, &startup()]).await;
+        assert_eq!(answers, b"NNNN");
+        assert_eq!(r, Ok("startup"));
+    }
+
+    #[tokio::test]
+    async fn protocol_2_clients_are_refused_in_protocol_2s_format() {
+        let (_, r) = open(&[&[0, 0, 0, 9, 0, 2, 0, 0, 0]]).await;
+        assert_eq!(
+            r.unwrap_err(),
+            "EFATAL:  unsupported frontend protocol 2.0: server supports 3.0 to 3.2\n\0"
+        );
+        // Version 0.0 and 3.x-and-up errors stay ErrorResponses.
+        let (_, r) = open(&[&[0, 0, 0, 9, 0, 0, 0, 0, 0]]).await;
+        assert!(r.unwrap_err().starts_with("E\0\0\0"));
     }
 }
