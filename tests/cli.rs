@@ -27,6 +27,7 @@ fn help_documents_every_option() {
         "--authority-host",
         "--handshake-timeout",
         "--connect-timeout",
+        "--credential-timeout",
         "--max-shutdown-delay",
         "--log-format",
         "--version",
@@ -245,6 +246,7 @@ fn durations_from_variables() {
         .env("ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", "1m30s")
         .env("ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", "500ms")
         .env("ENTRA_DB_PROXY_CONNECT_TIMEOUT", "10")
+        .env("ENTRA_DB_PROXY_CREDENTIAL_TIMEOUT", "5s")
         .run_to_end();
     assert_eq!(code, Some(2), "{out}");
     assert!(
@@ -266,6 +268,7 @@ fn durations_from_variables() {
     for flag in [
         "--handshake-timeout",
         "--connect-timeout",
+        "--credential-timeout",
         "--max-shutdown-delay",
         "--min-shutdown-delay",
         "--idle-timeout",

@@ -20,7 +20,8 @@ mod credentials;
 mod direct_tls;
 /// What clients see when something fails, and that one client's garbage hurts no other.
 mod failures;
-/// Upstream faults: a server that never answers, a name that does not resolve.
+/// Faults: token endpoints and IMDS that hang, ARM throttling, an upstream that never answers
+/// or does not resolve, databases restarted under live sessions.
 mod faults;
 /// Hostile clients: a table of cases per protocol (bad lengths, versions, negotiations,
 /// half-open and slow sockets, storms, random bytes, v5 segments…) against one proxy each,

@@ -2,7 +2,8 @@
 //!
 //! Start-up ([`Proxy::start`]), in order:
 //! 1. Outbound trust (OS roots, SSL_CERT_FILE/SSL_CERT_DIR, CA files) and the HTTP client for
-//!    Entra ID are built once.
+//!    Entra ID are built once; `credential_timeout` bounds each of its requests and each token
+//!    acquisition.
 //! 2. Each listener gets a credential and a token cache whose refresher starts at once, so the
 //!    first token is usually there before the first client.
 //! 3. Listeners are bound one after the other (TCP or Unix sockets); an address in use stops
@@ -74,8 +75,12 @@ impl Prepared {
 fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Result<Vec<Prepared>> {
     let http_trust = Trust::new(config.ca_file.as_deref()).context("outbound TLS trust")?;
     let http = http_trust
-        .http_client()
+        .http_client_with_timeout(config.credential_timeout)
         .context("HTTP client for Entra ID")?;
+    let policy = RefreshPolicy {
+        timeout: config.credential_timeout,
+        ..RefreshPolicy::default()
+    };
     let cred_options = CredentialOptions {
         http: http.clone(),
         authority_host: config.authority_host.clone(),
@@ -88,7 +93,7 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
         let token = || -> anyhow::Result<Arc<TokenCache>> {
             let source = dbproxy_credentials::build(&l.credential, &cred_options)
                 .with_context(|| format!("listener {}: credential", l.name))?;
-            let cache = TokenCache::new(source, l.scope.clone(), RefreshPolicy::default());
+            let cache = TokenCache::new(source, l.scope.clone(), policy.clone());
             cache.spawn_refresher();
             Ok(cache)
         };

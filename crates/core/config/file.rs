@@ -35,6 +35,8 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration::deserialize")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize")]
+    pub credential_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
     pub max_shutdown_delay: Option<Duration>,
     #[serde(default, deserialize_with = "duration::deserialize")]
     pub min_shutdown_delay: Option<Duration>,

@@ -215,13 +215,17 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_AUTHORITY_HOST", value_name = "URL")]
     pub authority_host: Option<String>,
 
-    /// How long a client has to send its startup message, and the upstream to complete a login: 30s, 1m, 1m30s, or seconds as a bare number (30) [default: 30s].
+    /// How long a client has to send its startup message, may wait for the credential, and the upstream has to complete a login: 30s, 1m, 1m30s, or seconds as a bare number (30) [default: 30s].
     #[arg(long, env = "ENTRA_DB_PROXY_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
     pub handshake_timeout: Option<Duration>,
 
     /// How long a TCP connection to the upstream may take: 10s, 500ms, or seconds as a bare number (10) [default: 10s].
     #[arg(long, env = "ENTRA_DB_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
     pub connect_timeout: Option<Duration>,
+
+    /// How long one credential acquisition may take, every HTTP request to Entra ID, managed identity (IMDS, App Service) or ARM listKeys included; a client waiting for it gets the credential error after at most this and the handshake timeout: 30s, 5s, or seconds as a bare number (30) [default: 30s].
+    #[arg(long, env = "ENTRA_DB_PROXY_CREDENTIAL_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub credential_timeout: Option<Duration>,
 
     /// How long open sessions get to finish after SIGTERM/SIGINT before they are closed: 30s, 2m, or seconds as a bare number (30) [default: 30s].
     #[arg(long, env = "ENTRA_DB_PROXY_MAX_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = duration::parse)]

@@ -145,6 +145,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Upstream TCP connect bound.
     pub connect_timeout: Duration,
+    /// Bound on one credential acquisition and on each of its HTTP requests.
+    pub credential_timeout: Duration,
     /// How long sessions may run on after a shutdown signal.
     pub max_shutdown_delay: Duration,
     /// How long to keep accepting after a shutdown signal.
@@ -327,6 +329,12 @@ impl Config {
                 file_cfg.and_then(|f| f.connect_timeout),
                 10,
             ),
+            credential_timeout: secs(
+                flags.credential_timeout,
+                file_cfg.and_then(|f| f.credential_timeout),
+                30,
+            )
+            .max(Duration::from_millis(100)),
             max_shutdown_delay: secs(
                 flags.max_shutdown_delay,
                 file_cfg.and_then(|f| f.max_shutdown_delay),

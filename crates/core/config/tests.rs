@@ -447,13 +447,14 @@ fn durations_in_the_file_and_in_flags() {
     let p = write(
         "durations.toml",
         &format!(
-            "handshake_timeout = \"1m30s\"\nconnect_timeout = 5\nmax_shutdown_delay = \"45\"\nmin_shutdown_delay = \"500ms\"\nidle_timeout = \"1h\"\n{listener}"
+            "handshake_timeout = \"1m30s\"\nconnect_timeout = 5\ncredential_timeout = \"4s\"\nmax_shutdown_delay = \"45\"\nmin_shutdown_delay = \"500ms\"\nidle_timeout = \"1h\"\n{listener}"
         ),
     );
     let path = p.to_str().unwrap();
     let env = EnvSnapshot::default();
     let c = Config::load(&flags(&["--config", path]), &env).unwrap();
     assert_eq!(c.handshake_timeout, Duration::from_secs(90));
+    assert_eq!(c.credential_timeout, Duration::from_secs(4));
     assert_eq!(
         c.connect_timeout,
         Duration::from_secs(5),
@@ -476,6 +477,8 @@ fn durations_in_the_file_and_in_flags() {
             "2m",
             "--connect-timeout",
             "7",
+            "--credential-timeout",
+            "1500ms",
             "--idle-timeout",
             "0",
         ]),
@@ -484,6 +487,7 @@ fn durations_in_the_file_and_in_flags() {
     .unwrap();
     assert_eq!(c.handshake_timeout, Duration::from_secs(120));
     assert_eq!(c.connect_timeout, Duration::from_secs(7));
+    assert_eq!(c.credential_timeout, Duration::from_millis(1500));
     assert_eq!(c.idle_timeout, None, "0 still means never");
 
     // Defaults.
@@ -498,14 +502,16 @@ fn durations_in_the_file_and_in_flags() {
             c.connect_timeout,
             c.max_shutdown_delay,
             c.min_shutdown_delay,
-            c.idle_timeout
+            c.idle_timeout,
+            c.credential_timeout
         ),
         (
             Duration::from_secs(30),
             Duration::from_secs(10),
             Duration::from_secs(30),
             Duration::ZERO,
-            None
+            None,
+            Duration::from_secs(30)
         )
     );
 

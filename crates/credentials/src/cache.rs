@@ -498,7 +498,7 @@ mod tests {
         let c = cache(&fake, RefreshPolicy::default());
         let e = c.get().await.unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Timeout);
-        assert_eq!(e.to_string(), "fake: no token within 30s");
+        assert_eq!(e.to_string(), "fake: timed out: no answer within 30s");
         assert_eq!(c.status().refreshes_failed, 1);
     }
 

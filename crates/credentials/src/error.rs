@@ -93,8 +93,8 @@ pub enum CredentialError {
         /// What was wrong (never the body itself).
         message: String,
     },
-    /// No token within the allowed time.
-    #[error("{who}: no token within {}s", after.as_secs_f32())]
+    /// No answer (a token, a key) within the allowed time.
+    #[error("{who}: timed out: no answer within {}s", after.as_secs_f32())]
     Timeout {
         /// The source.
         who: String,
@@ -129,9 +129,13 @@ fn format_attempts(attempts: &[(String, String)]) -> String {
     if attempts.is_empty() {
         return "no source is configured".into();
     }
+    // A source's errors usually start with its own name: not twice.
     attempts
         .iter()
-        .map(|(who, e)| format!("[{who}: {e}]"))
+        .map(|(who, e)| match e.strip_prefix(who.as_str()) {
+            Some(rest) if rest.starts_with(": ") => format!("[{e}]"),
+            _ => format!("[{who}: {e}]"),
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -290,6 +294,23 @@ mod tests {
         assert_eq!(scrub("bad abcd\nefgh.", &["abcd\nefgh"]), "bad <redacted>.");
         assert_eq!(scrub("bad abcd1234.", &["abcd1234\n"]), "bad <redacted>.");
         assert_eq!(scrub("\n  abcd1234  \nx", &["  abcd1234  "]), "<redacted>");
+    }
+
+    #[test]
+    fn exhausted_names_each_source_once() {
+        let e = CredentialError::Exhausted {
+            attempts: vec![
+                ("Azure CLI".into(), "Azure CLI: not logged in".into()),
+                (
+                    "managed identity (IMDS)".into(),
+                    "no IMDS endpoint answered".into(),
+                ),
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no credential source produced a token: [Azure CLI: not logged in] [managed identity (IMDS): no IMDS endpoint answered]"
+        );
     }
 
     #[test]

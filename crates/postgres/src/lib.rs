@@ -35,6 +35,8 @@ code: i32, body`. All integers are big-endian.
   documentation names them, each writing into a [`bytes::BytesMut`].
 - [`backend`]: the little the proxy reads from a server by hand: the message header
   (NegotiateProtocolVersion has no variant in `postgres-protocol`) and ErrorResponse fields.
+- [`fatal`]: [`FatalWatch`], which notices a FATAL ErrorResponse in the relayed server bytes
+  (the server ending the session), without buffering them.
 - [`login`]: [`UpstreamLogin`], the state machine that logs in to the upstream server with an
   access token as password (cleartext, MD5 or SCRAM-SHA-256) and says when to hand over to the
   byte relay.
@@ -45,6 +47,7 @@ code: i32, body`. All integers are big-endian.
 
 pub mod backend;
 mod error;
+pub mod fatal;
 pub mod login;
 pub mod messages;
 pub mod sqlstate;
@@ -52,6 +55,7 @@ pub mod startup;
 
 pub use backend::parse_error_fields;
 pub use error::{ProtocolError, ProtocolErrorKind};
+pub use fatal::FatalWatch;
 pub use login::{LoginError, LoginStep, UpstreamLogin};
 pub use messages::ErrorFields;
 pub use startup::{

@@ -1,7 +1,8 @@
 //! Prometheus metrics, one registry per process (no global state).
 //!
 //! Per listener (labels `listener`, `protocol`): connections active and total, handshake
-//! failures by cause, handshake latency (client accept → ready), upstream connect latency, bytes
+//! failures by cause, sessions that relayed by how they ended (`client_closed`,
+//! `upstream_closed`, `idle_timeout`), handshake latency (client accept → ready), upstream connect latency, bytes
 //! each way. Per credential (label `listener`): refreshes ok/failed, seconds until expiry, last
 //! success time — read from the credential's status at scrape time. Per process: start time and
 //! build info. No label or value ever holds a secret.
@@ -63,6 +64,7 @@ pub struct Metrics {
     active: Family<ListenerLabels, Gauge>,
     total: Family<ListenerLabels, Counter>,
     failures: Family<CauseLabels, Counter>,
+    ended: Family<CauseLabels, Counter>,
     handshake: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     connect: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     bytes_to_upstream: Family<ListenerLabels, Counter>,
@@ -88,6 +90,7 @@ impl Metrics {
             active: Family::default(),
             total: Family::default(),
             failures: Family::default(),
+            ended: Family::default(),
             handshake: Family::new_with_constructor(latency_histogram),
             connect: Family::new_with_constructor(latency_histogram),
             bytes_to_upstream: Family::default(),
@@ -113,6 +116,11 @@ impl Metrics {
             "handshake_failures",
             "Connections that ended before the session started, by cause",
             m.failures.clone(),
+        );
+        registry.register(
+            "sessions_ended",
+            "Sessions that relayed, by how they ended (client_closed, upstream_closed, idle_timeout; cancel: a forwarded CancelRequest)",
+            m.ended.clone(),
         );
         registry.register(
             "handshake_duration_seconds",
@@ -181,6 +189,7 @@ impl Metrics {
             bytes_to_upstream: self.bytes_to_upstream.get_or_create(&labels).clone(),
             bytes_to_client: self.bytes_to_client.get_or_create(&labels).clone(),
             failures: self.failures.clone(),
+            ended: self.ended.clone(),
             labels,
         }
     }
@@ -250,6 +259,7 @@ pub struct ListenerMetrics {
     /// Accepted connections.
     pub total: Counter,
     failures: Family<CauseLabels, Counter>,
+    ended: Family<CauseLabels, Counter>,
     /// Accept → ready latency.
     pub handshake: Histogram,
     /// Upstream TCP + TLS latency.
@@ -264,6 +274,17 @@ impl ListenerMetrics {
     /// Counts a connection that failed before its session started.
     pub fn handshake_failed(&self, reason: crate::session::CloseReason) {
         self.failures
+            .get_or_create(&CauseLabels {
+                listener: self.labels.listener.clone(),
+                protocol: self.labels.protocol.clone(),
+                cause: reason.cause().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a session that relayed and ended for `reason`.
+    pub fn session_ended(&self, reason: crate::session::CloseReason) {
+        self.ended
             .get_or_create(&CauseLabels {
                 listener: self.labels.listener.clone(),
                 protocol: self.labels.protocol.clone(),
@@ -289,6 +310,7 @@ mod tests {
         l.total.inc();
         l.active.inc();
         l.handshake_failed(crate::session::CloseReason::Credential);
+        l.session_ended(crate::session::CloseReason::UpstreamClosed);
         l.handshake.observe(0.01);
         l.bytes_to_client.inc_by(10);
         let status = Arc::new(|| CacheStatus {
@@ -304,6 +326,7 @@ mod tests {
             "entra_db_proxy_connections_total{listener=\"orders\",protocol=\"postgres\"} 1",
             "entra_db_proxy_connections_active{listener=\"orders\",protocol=\"postgres\"} 1",
             "entra_db_proxy_handshake_failures_total{listener=\"orders\",protocol=\"postgres\",cause=\"credential\"} 1",
+            "entra_db_proxy_sessions_ended_total{listener=\"orders\",protocol=\"postgres\",cause=\"upstream_closed\"} 1",
             "entra_db_proxy_handshake_duration_seconds_count{listener=\"orders\",protocol=\"postgres\"} 1",
             "entra_db_proxy_client_bytes_total{listener=\"orders\",protocol=\"postgres\"} 10",
             "entra_db_proxy_credential_refreshes_total{listener=\"orders\"} 3",

@@ -208,6 +208,7 @@ pub async fn finish<C>(
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(end) => {
+            labels.metrics.session_ended(end.reason);
             let t = end.transferred;
             let database = end.database.as_deref().unwrap_or("");
             tracing::info!(
@@ -312,10 +313,14 @@ pub struct Refusal {
 /// Logs in with the credential's password, retrying up to `attempts` times in all while the
 /// upstream refuses the credential itself and the credential has another to offer.
 ///
-/// `no_password` builds the error the client gets when the credential has no password.
+/// Waiting for the credential (a token or key being fetched) takes at most `wait` each time;
+/// past it the client is told the credential timed out (the fetch itself goes on in the
+/// background, for the next client). `no_password` builds the error the client gets when the
+/// credential has no password.
 pub async fn login_with_retry<T, F, Fut>(
     credential: &dyn PasswordSource,
     attempts: u32,
+    wait: Duration,
     no_password: impl FnOnce(String) -> SessionError,
     mut attempt: F,
 ) -> Result<T, SessionError>
@@ -323,10 +328,17 @@ where
     F: FnMut(Secret) -> Fut,
     Fut: Future<Output = Result<Attempt<T>, SessionError>>,
 {
-    let mut password = credential
-        .password()
-        .await
-        .map_err(|e| no_password(e.to_string()))?;
+    let timed_out = || {
+        format!(
+            "{}: timed out: no answer within {}s (still trying in the background)",
+            credential.describe(),
+            wait.as_secs_f32()
+        )
+    };
+    let mut password = match tokio::time::timeout(wait, credential.password()).await {
+        Ok(r) => r.map_err(|e| no_password(e.to_string()))?,
+        Err(_) => return Err(no_password(timed_out())),
+    };
     let mut tried = 0;
     loop {
         tried += 1;
@@ -335,7 +347,15 @@ where
             Attempt::Refused(r) => r,
         };
         if refusal.credential && tried < attempts {
-            match credential.after_rejection(&password).await {
+            let next = match tokio::time::timeout(wait, credential.after_rejection(&password)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(dbproxy_credentials::CredentialError::Timeout {
+                    who: credential.describe(),
+                    after: wait,
+                }),
+            };
+            match next {
                 Ok(Some(next)) => {
                     tracing::warn!(refusal = %Escaped(&refusal.summary), attempt = tried, "the upstream refused the credential; retrying with a fresh one");
                     password = next;
@@ -357,5 +377,51 @@ where
             format!("the upstream refused the login: {}", refusal.summary),
             refusal.reply,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dbproxy_credentials::{CacheStatus, CredentialError};
+
+    use super::*;
+
+    /// A credential whose fetch never ends (a token endpoint that hangs).
+    struct Hung;
+
+    #[async_trait::async_trait]
+    impl PasswordSource for Hung {
+        fn describe(&self) -> String {
+            "hung source".into()
+        }
+        async fn password(&self) -> Result<Secret, CredentialError> {
+            std::future::pending().await
+        }
+        async fn after_rejection(&self, _: &Secret) -> Result<Option<Secret>, CredentialError> {
+            std::future::pending().await
+        }
+        fn status(&self) -> CacheStatus {
+            CacheStatus::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_credential_is_bounded() {
+        let started = tokio::time::Instant::now();
+        let r: Result<(), SessionError> = login_with_retry(
+            &Hung,
+            2,
+            Duration::from_secs(7),
+            |m| SessionError::silent(CloseReason::Credential, m),
+            |_| async { unreachable!("no password, no attempt") },
+        )
+        .await;
+        let e = r.err().expect("a credential error");
+        assert_eq!(e.reason, CloseReason::Credential);
+        assert_eq!(
+            e.message,
+            "hung source: timed out: no answer within 7s (still trying in the background)"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
     }
 }

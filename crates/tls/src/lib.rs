@@ -127,8 +127,18 @@ impl Trust {
         Ok(Arc::new(config))
     }
 
-    /// An HTTP client for Entra ID, managed identity and ARM that trusts the same roots.
+    /// An HTTP client for Entra ID, managed identity and ARM that trusts the same roots, with
+    /// a 30 s bound on each request ([`Trust::http_client_with_timeout`]).
     pub fn http_client(&self) -> Result<reqwest::Client, TlsError> {
+        self.http_client_with_timeout(std::time::Duration::from_secs(30))
+    }
+
+    /// [`Trust::http_client`] whose requests each take at most `timeout` in all (connect,
+    /// TLS, headers and the whole body; the connect itself at most 10 s).
+    pub fn http_client_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Client, TlsError> {
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -138,8 +148,8 @@ impl Trust {
         reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .no_proxy()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(30))
+            .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+            .timeout(timeout)
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))
     }

@@ -58,9 +58,13 @@ impl<C: Connector> CassandraService<C> {
                 ),
             )
         };
-        session::login_with_retry(self.credential.as_ref(), 3, no_password, |password| {
-            self.attempt(startup, password)
-        })
+        session::login_with_retry(
+            self.credential.as_ref(),
+            3,
+            self.handshake_timeout,
+            no_password,
+            |password| self.attempt(startup, password),
+        )
         .await
     }
 

@@ -72,7 +72,8 @@ pub struct CassandraService<C = Upstream> {
     pub username: String,
     /// Where the password comes from.
     pub credential: Arc<dyn PasswordSource>,
-    /// Bound on the client's handshake and on the upstream login, each.
+    /// Bound on the client's handshake, on waiting for the credential, and on the upstream
+    /// login, each.
     pub handshake_timeout: Duration,
     /// Close sessions idle for this long (None: never).
     pub idle_timeout: Option<Duration>,

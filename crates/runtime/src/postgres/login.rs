@@ -9,6 +9,7 @@
 
 use bytes::BytesMut;
 use dbproxy_postgres::{
+    FatalWatch,
     login::{LoginError, LoginStep, UpstreamLogin},
     sqlstate,
     startup::StartupMessage,
@@ -40,12 +41,13 @@ pub fn refuses_the_token(code: &str, message: &str) -> bool {
 
 impl<C: Connector> PostgresService<C> {
     /// Logs in upstream for `client` (replacing a refused token once) and writes the server's
-    /// AuthenticationOk and what follows to the client. Returns the logged-in upstream.
+    /// AuthenticationOk and what follows to the client. Returns the logged-in upstream, and a
+    /// watch over the server's messages that has seen those bytes.
     pub(crate) async fn login(
         &self,
         client: &mut ClientStream,
         startup: StartupMessage,
-    ) -> Result<C::Stream, SessionError> {
+    ) -> Result<(C::Stream, FatalWatch), SessionError> {
         let no_password = |e: String| {
             fatal(
                 CloseReason::Credential,
@@ -57,15 +59,20 @@ impl<C: Connector> PostgresService<C> {
                 Some(HINT_CREDENTIAL),
             )
         };
-        let (upstream, to_client) =
-            session::login_with_retry(self.credential.as_ref(), 2, no_password, |password| {
-                self.attempt(startup.clone(), password.expose().as_bytes().to_vec())
-            })
-            .await?;
+        let (upstream, to_client) = session::login_with_retry(
+            self.credential.as_ref(),
+            2,
+            self.handshake_timeout,
+            no_password,
+            |password| self.attempt(startup.clone(), password.expose().as_bytes().to_vec()),
+        )
+        .await?;
         client.write_all(&to_client).await.map_err(|e| {
             SessionError::silent(CloseReason::ClientIo, format!("client went away: {e}"))
         })?;
-        Ok(upstream)
+        let mut server = FatalWatch::new();
+        server.feed(&to_client);
+        Ok((upstream, server))
     }
 
     /// One login attempt over a new connection, under the handshake timeout.

@@ -68,7 +68,8 @@ pub struct PostgresService<C = PostgresUpstream> {
     pub default_database: Option<String>,
     /// Source of the password (an Entra ID access token).
     pub credential: Arc<dyn PasswordSource>,
-    /// Bound on the client's startup and on the upstream login, each.
+    /// Bound on the client's startup, on waiting for the credential, and on the upstream
+    /// login, each.
     pub handshake_timeout: Duration,
     /// Close sessions idle for this long (None: never).
     pub idle_timeout: Option<Duration>,
@@ -199,7 +200,7 @@ impl<C: Connector> PostgresService<C> {
         );
 
         // 2.–4. Credential, upstream TLS and login; a refused token is replaced once.
-        let mut upstream = self.login(client, upstream_startup).await?;
+        let (mut upstream, server) = self.login(client, upstream_startup).await?;
         tracing::info!(user = %self.user, database = %Escaped(&database), "logged in upstream; relaying");
         self.metrics
             .handshake
@@ -223,6 +224,7 @@ impl<C: Connector> PostgresService<C> {
             to_upstream: self.metrics.bytes_to_upstream.clone(),
             to_client: self.metrics.bytes_to_client.clone(),
             idle_timeout: self.idle_timeout,
+            server,
         };
         let (mut transferred, end) = relay(client, &mut upstream, options)
             .await
@@ -230,7 +232,8 @@ impl<C: Connector> PostgresService<C> {
         transferred.to_upstream += pipelined.len() as u64;
         Ok(Ended {
             reason: match end {
-                RelayEnd::Closed => CloseReason::ClientClosed,
+                RelayEnd::ClientClosed => CloseReason::ClientClosed,
+                RelayEnd::UpstreamClosed => CloseReason::UpstreamClosed,
                 RelayEnd::Idle => CloseReason::IdleTimeout,
             },
             transferred,

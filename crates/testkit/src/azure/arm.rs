@@ -7,21 +7,24 @@
 //! `{"error":{"code","message"}}`: 400 MissingApiVersionParameter, 401 AuthenticationFailed /
 //! InvalidAuthenticationToken / InvalidAuthenticationTokenAudience / ExpiredAuthenticationToken,
 //! 403 AuthorizationFailed ([`FakeAzure::set_arm_forbidden`](super::FakeAzure::set_arm_forbidden)),
-//! 404 ResourceNotFound, 429 TooManyRequests with `Retry-After: 1`
-//! ([`FakeAzure::set_arm_throttle`](super::FakeAzure::set_arm_throttle)). ARM is not affected
-//! by `set_down`.
+//! 404 ResourceNotFound, and the faults of [`super::faults`] (429 TooManyRequests with
+//! `Retry-After`, 500, 503) before any other check. ARM is not affected by `set_down`.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 
 use axum::{
     extract::{Path, RawQuery, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::Response,
 };
 use base64::Engine as _;
 use rand::Rng as _;
 
-use super::{Shared, json_response, lock, obj, param, query_pairs, s};
+use super::{
+    Shared,
+    faults::{ArmFault, arm_error},
+    json_response, lock, obj, param, query_pairs, s,
+};
 use crate::tokens;
 
 /// A Cosmos DB account's keys (88-char base64, like Azure's).
@@ -65,7 +68,10 @@ pub fn random_key() -> String {
 pub(crate) struct ArmState {
     pub(crate) keys: CosmosKeys,
     pub(crate) forbidden: bool,
-    pub(crate) throttle: usize,
+    /// Answers for the next requests, in order (see [`super::faults`]).
+    pub(crate) queued: VecDeque<ArmFault>,
+    /// The answer to every request while set.
+    pub(crate) failing: Option<ArmFault>,
 }
 
 const ARM_AUDIENCES: [&str; 4] = [
@@ -74,16 +80,6 @@ const ARM_AUDIENCES: [&str; 4] = [
     "https://management.core.windows.net",
     "https://management.core.windows.net/",
 ];
-
-fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
-    json_response(
-        status,
-        format!(
-            "{{\"error\":{}}}",
-            obj(&[("code", s(code)), ("message", s(message))])
-        ),
-    )
-}
 
 /// Checks throttling, api-version, the bearer token, the account, and permissions.
 fn check(
@@ -97,16 +93,8 @@ fn check(
 ) -> Result<(), Box<Response>> {
     {
         let mut arm = lock(&shared.arm);
-        if arm.throttle > 0 {
-            arm.throttle -= 1;
-            let mut r = arm_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "The request is being throttled as the limit has been reached for operation type - Read_ObservationWindow_00:05:00. For more information, refer to - https://aka.ms/srpthrottlinglimits",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Err(Box::new(r));
+        if let Some(fault) = arm.queued.pop_front().or(arm.failing) {
+            return Err(Box::new(fault.response()));
         }
     }
     if param(&query_pairs(q), "api-version").is_none() {

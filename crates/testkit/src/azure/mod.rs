@@ -15,12 +15,14 @@
 //! Every issued token is a [`crate::tokens::jwt_like`] token whose `aud` is the resource, logged
 //! as a [`TokenIssued`] and handed to the [`FakeAzure::on_issue`] hook *before* the HTTP response
 //! is sent, so a test can make the token the PostgreSQL role's password first.
-//! [`FakeAzure::set_down`] makes every identity endpoint answer 503 ("Entra down").
+//! [`FakeAzure::set_down`] makes every identity endpoint answer 503 ("Entra down");
+//! [`faults`] makes them hang, or ARM answer 429 / 5xx.
 //! Dropping the `FakeAzure` stops its listeners and open connections.
 
 pub mod arm;
 pub mod cli;
 pub mod entra;
+pub mod faults;
 pub mod managed;
 mod server;
 
@@ -51,6 +53,7 @@ use crate::{
 };
 
 pub use arm::CosmosKeys;
+pub use faults::{ArmFault, Hang};
 
 /// What a [`FakeAzure`] accepts and how it issues tokens.
 #[derive(Clone, Debug)]
@@ -158,6 +161,8 @@ pub struct RecordedRequest {
     pub uri: String,
     /// Headers (name lower-case, value lossy UTF-8).
     pub headers: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// The [`FakeAzure::on_issue`] hook.
@@ -167,6 +172,8 @@ pub type IssueHook =
 pub(crate) struct Shared {
     pub(crate) config: Mutex<FakeAzureConfig>,
     pub(crate) down: AtomicBool,
+    pub(crate) hang: Mutex<Hang>,
+    pub(crate) hung: AtomicUsize,
     pub(crate) az_logged_in: AtomicBool,
     pub(crate) request_count: AtomicUsize,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
@@ -258,6 +265,8 @@ impl FakeAzure {
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
             down: AtomicBool::new(false),
+            hang: Mutex::new(Hang::No),
+            hung: AtomicUsize::new(0),
             az_logged_in: AtomicBool::new(true),
             request_count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
@@ -455,7 +464,42 @@ impl FakeAzure {
 
     /// The next `n` ARM requests answer 429 with `Retry-After: 1`.
     pub fn set_arm_throttle(&self, n: usize) {
-        lock(&self.shared.arm).throttle = n;
+        self.queue_arm_faults(&vec![
+            ArmFault::Throttled {
+                retry_after_secs: 1
+            };
+            n
+        ]);
+    }
+
+    /// The next ARM requests answer these faults, in order (after those already queued).
+    pub fn queue_arm_faults(&self, faults: &[ArmFault]) {
+        lock(&self.shared.arm).queued.extend(faults.iter().copied());
+    }
+
+    /// Every ARM request answers `fault` until this is called with `None` (queued faults
+    /// come first).
+    pub fn set_arm_failing(&self, fault: Option<ArmFault>) {
+        lock(&self.shared.arm).failing = fault;
+    }
+
+    /// The ARM (listKeys / readonlykeys) requests received, oldest first.
+    pub fn arm_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.uri.contains("/providers/Microsoft.DocumentDB/"))
+            .collect()
+    }
+
+    /// Makes the token endpoints (IMDS, App Service, Entra v2) hang from the next request on
+    /// ([`Hang::No`] lifts it; requests already hung stay hung). See [`faults`].
+    pub fn set_identity_hang(&self, how: Hang) {
+        *lock(&self.shared.hang) = how;
+    }
+
+    /// Requests that hung so far (answered never, or with a body that never ends).
+    pub fn hung_requests(&self) -> usize {
+        self.shared.hung.load(Ordering::SeqCst)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP plumbing shared by both listeners: the axum router (every endpoint of the fake,
-//! plus a JSON 404), the middleware that counts and records each request, and the accept loop
+//! plus a JSON 404), the middleware that counts and records each request (and makes the token
+//! endpoints hang when asked, see [`super::faults`]), and the accept loop
 //! (plain or TLS) whose connections end when its task is aborted.
 
 use std::sync::{Arc, atomic::Ordering};
@@ -14,7 +15,9 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use super::{RecordedRequest, Shared, arm, cli, entra, json_response, lock, managed, obj, s};
+use super::{
+    RecordedRequest, Shared, arm, cli, entra, faults, json_response, lock, managed, obj, s,
+};
 
 /// Every route of both listeners, behind the request recorder.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -49,8 +52,14 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
                 )
             })
             .collect(),
+        at: std::time::Instant::now(),
     };
     lock(&shared.requests).push(rec);
+    let hang = *lock(&shared.hang);
+    if hang != faults::Hang::No && faults::is_identity_path(req.uri().path()) {
+        shared.hung.fetch_add(1, Ordering::SeqCst);
+        return faults::hang(hang).await;
+    }
     next.run(req).await
 }
 

@@ -99,6 +99,8 @@ pub struct CassandraCluster {
     tls: Arc<rustls::ClientConfig>,
     authorizer: bool,
     install: CassandraInstall,
+    /// What it was started with (a restarted node starts the same way).
+    options: CassandraOptions,
 }
 
 impl std::fmt::Debug for CassandraCluster {

@@ -1,5 +1,6 @@
 //! A cluster's life: ports, starting the JVMs one node at a time, waiting until it is ready,
-//! log tails for errors, and stopping (SIGTERM, then SIGKILL) and cleaning up on drop.
+//! log tails for errors, restarting a node, and stopping (SIGTERM, then SIGKILL) and cleaning
+//! up on drop.
 //!
 //! A start that hits a port taken in between is retried with new ports. The JVMs are spawned
 //! from one long-lived thread with `PR_SET_PDEATHSIG`, so they die with the test process even
@@ -137,6 +138,7 @@ impl CassandraCluster {
             tls: ca.rustls_client_config(),
             authorizer: opts.authorizer,
             install: install.clone(),
+            options: opts.clone(),
         };
         for n in 0..cluster.nodes.len() {
             cluster.write_node_files(n, bundle, opts)?;
@@ -266,33 +268,72 @@ impl CassandraCluster {
         util::tail(&text, lines)
     }
 
+    /// Restarts node `node` (1-based) on the same addresses and data: SIGTERM (Cassandra's
+    /// orderly shutdown: its client connections are closed), SIGKILL if it is still running
+    /// after `grace`, then a start; returns once the superuser can log in through node 1
+    /// again. Returns how long the node was down.
+    ///
+    /// # Panics
+    /// If there is no node `node`.
+    pub async fn restart_node(&self, node: usize, grace: Duration) -> anyhow::Result<Duration> {
+        let n = node - 1;
+        let child = self.nodes[n]
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let stopped = Instant::now();
+        if let Some(child) = child {
+            stop_children(vec![child], grace);
+        }
+        let deadline = Instant::now() + self.options.ready_timeout;
+        self.spawn_node(n, &self.options)?;
+        self.wait_listening(n, deadline).await?;
+        loop {
+            match self.admin_session().await {
+                Ok(_) => return Ok(stopped.elapsed()),
+                Err(e) if Instant::now() < deadline => {
+                    self.check_alive()?;
+                    tracing::trace!("superuser login not yet possible after the restart: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.context("superuser login never worked after the restart")),
+            }
+        }
+    }
+
     /// Stops every node: SIGTERM, then SIGKILL for those still running after `grace`.
     pub fn stop(&self, grace: Duration) {
-        let mut children: Vec<Child> = self
+        let children: Vec<Child> = self
             .nodes
             .iter()
             .filter_map(|n| n.child.lock().unwrap_or_else(|e| e.into_inner()).take())
             .collect();
-        for c in &children {
-            // SAFETY: kill(2) on a pid this process spawned and has not reaped yet.
-            unsafe {
-                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-            }
+        stop_children(children, grace);
+    }
+}
+
+/// SIGTERM to each, then SIGKILL for those still running after `grace`; reaps them all.
+fn stop_children(mut children: Vec<Child>, grace: Duration) {
+    for c in &children {
+        // SAFETY: kill(2) on a pid this process spawned and has not reaped yet.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
         }
-        let until = Instant::now() + grace;
-        while Instant::now() < until
-            && children
-                .iter_mut()
-                .any(|c| matches!(c.try_wait(), Ok(None)))
-        {
-            std::thread::sleep(Duration::from_millis(50));
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until
+        && children
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(None)))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &mut children {
+        if matches!(c.try_wait(), Ok(None)) {
+            let _ = c.kill();
         }
-        for c in &mut children {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
+        let _ = c.wait();
     }
 }
 

@@ -138,7 +138,8 @@ pub struct PgServer {
     port: u16,
     auth: PasswordAuth,
     tls: Arc<rustls::ClientConfig>,
-    child: Option<Child>,
+    /// The postmaster (a mutex so that a shared server can be restarted).
+    child: std::sync::Mutex<Option<Child>>,
     started_in: Duration,
 }
 

@@ -1,6 +1,7 @@
 //! Setting a server up and running it: certificates, `initdb`, `pg_hba.conf` and
 //! `postgresql.conf` as the module docs describe, the start (retried on a port clash) and the
-//! wait until it accepts connections, and the stop (SIGQUIT) and cleanup on drop.
+//! wait until it accepts connections, a restart (fast shutdown, then start), and the stop
+//! (SIGQUIT) and cleanup on drop.
 //!
 //! As root, the binaries run as the `postgres` system user, which PostgreSQL requires.
 
@@ -36,7 +37,7 @@ impl PgServer {
             port: 0,
             auth: opts.auth,
             tls: ca.rustls_client_config(),
-            child: None,
+            child: std::sync::Mutex::new(None),
             started_in: Duration::ZERO,
         };
         util::chown(&server.dir, owner)?;
@@ -159,6 +160,15 @@ impl PgServer {
     }
 
     async fn spawn_and_wait(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.spawn_postmaster()?;
+        self.wait_ready(timeout).await
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<std::process::Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn_postmaster(&self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log_path)
@@ -174,13 +184,24 @@ impl PgServer {
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", self.bin_dir.join("postgres").display()))?;
-        self.child = Some(child);
+        *self.child() = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
+            let exited = {
+                let mut guard = self.child();
+                match guard.as_mut().map(|c| c.try_wait()) {
+                    Some(Ok(Some(status))) => {
+                        *guard = None;
+                        Some(status)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(status) = exited {
                 anyhow::bail!(
                     "postgres exited ({status}) during startup; log {}:\n{}",
                     self.log_path.display(),
@@ -190,7 +211,7 @@ impl PgServer {
             match self.admin_client().await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
-                    self.stop();
+                    self.stop_with(libc::SIGQUIT);
                     anyhow::bail!(
                         "postgres not ready after {timeout:?} ({e:#}); log {}:\n{}",
                         self.log_path.display(),
@@ -202,16 +223,30 @@ impl PgServer {
         }
     }
 
+    /// Restarts the server on the same port and data: a fast shutdown (`pg_ctl stop -m fast`,
+    /// SIGINT: every session gets FATAL 57P01 "terminating connection due to administrator
+    /// command" and is closed), then a start; returns once it accepts connections again.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.stop_with(libc::SIGINT);
+        self.spawn_postmaster()?;
+        self.wait_ready(Duration::from_secs(60)).await
+    }
+
     /// Stops the server now (immediate shutdown). Idempotent.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        self.stop_with(libc::SIGQUIT);
+    }
+
+    /// Sends `signal` to the postmaster (SIGQUIT: immediate, SIGINT: fast shutdown) and waits
+    /// up to 10 s for it to exit (then kills it). Idempotent.
+    fn stop_with(&self, signal: libc::c_int) {
+        let Some(mut child) = self.child().take() else {
             return;
         };
         let pid = child.id() as libc::pid_t;
-        // SIGQUIT to the postmaster is `pg_ctl stop -m immediate`.
         // SAFETY: plain syscall on our own child's pid, which has not been reaped yet.
         unsafe {
-            libc::kill(pid, libc::SIGQUIT);
+            libc::kill(pid, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

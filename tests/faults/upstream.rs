@@ -1,10 +1,19 @@
-//! Faults between the proxy and its upstream: what the client sees, and that it sees it in
-//! time. Each fault is a loopback stand-in: a server that accepts TCP and never speaks, a name
-//! that does not resolve.
+//! The upstream unreachable: a server that accepts TCP and never answers TLS, a name that
+//! does not resolve.
 
 use std::time::{Duration, Instant};
 
+use super::{metric, wait_status};
 use crate::stack::{self, FAILED_SESSION, Stack, db_error};
+
+/// The proxy's view of an upstream it cannot reach: /readiness stays ready (probes never dial
+/// a database, so a database outage does not restart the proxy), and the failed logins are
+/// counted as `upstream_connect`.
+async fn probes_and_metrics(admin: std::net::SocketAddr) {
+    wait_status(admin, "/readiness", 200, Duration::from_secs(20)).await;
+    let labels = r#"listener="postgres",protocol="postgres",cause="upstream_connect""#;
+    assert!(metric(admin, "entra_db_proxy_handshake_failures_total", labels).await >= 1.0);
+}
 
 /// A loopback address that accepts connections and never answers (the accepted sockets are
 /// kept open until the listener is dropped).
@@ -37,6 +46,7 @@ async fn an_upstream_that_never_answers_tls_gives_08001_in_time() {
         .args(["--postgres-upstream", &silent.addr.to_string()])
         .args(["--postgres-user", stack::ENTRA_USER])
         .args(["--connect-timeout", "1s", "--handshake-timeout", "3s"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("SSL_CERT_FILE", s.ca_file.to_str().unwrap())
         .env("AZURE_AUTHORITY_HOST", s.azure.authority_host())
         .env("AZURE_POSTGRESQL_CLIENTID", cfg.client_id)
@@ -60,6 +70,7 @@ async fn an_upstream_that_never_answers_tls_gives_08001_in_time() {
     // The proxy itself still answers.
     let err = stack::connect(proxy.port()).await.unwrap_err();
     assert_eq!(db_error(&err).0, "08001");
+    probes_and_metrics(proxy.admin.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,6 +82,7 @@ async fn an_upstream_name_that_does_not_resolve_gives_08001() {
         .args(["--postgres-upstream", "no-such-server.invalid"])
         .args(["--postgres-user", stack::ENTRA_USER])
         .args(["--connect-timeout", "2s"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("SSL_CERT_FILE", s.ca_file.to_str().unwrap())
         .env("AZURE_AUTHORITY_HOST", s.azure.authority_host())
         .env("AZURE_POSTGRESQL_CLIENTID", cfg.client_id)
@@ -83,4 +95,5 @@ async fn an_upstream_name_that_does_not_resolve_gives_08001() {
     assert_eq!(code, "08001", "{message}");
     assert!(message.contains("no-such-server.invalid"), "{message}");
     assert!(message.contains("DNS"), "{message}");
+    probes_and_metrics(proxy.admin.unwrap()).await;
 }
