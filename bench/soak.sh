@@ -5,8 +5,9 @@
 # listKeys), all on loopback. Usage: bench/soak.sh [MINUTES, default 10]
 #
 # Load, all at once and continuously:
-#   * pgbench, 4 persistent clients, 90 % select-only / 10 % simple-update (writes);
-#   * pgbench, 2 clients with a new connection per transaction (-C, select-only): churn;
+#   * pgbench, 4 persistent clients, 90 % select-only / 10 % simple-update (writes), throttled
+#     to 500 tps in all (-R) so that the rest of the load gets its share of a small machine;
+#   * pgbench, 4 clients with a new connection per transaction (-C, select-only): churn;
 #   * CQL (dbproxy-cqlsoak, scylla driver): prepared INSERTs and checked SELECTs on one
 #     long-lived session (8 in flight) plus a new short session about every second.
 # Credentials: Entra tokens live SOAK_TOKEN_LIFETIME s (default 90), so the proxy refreshes
@@ -94,8 +95,8 @@ run_bg() { # name command...; killing the wrapper kills the command too
   ) &
   pids+=($!)
 }
-run_bg pgbench-persistent pgbench -n -c 4 -j 2 -T "$secs" -P 10 -b select-only@9 -b simple-update@1 "${pg[@]}"
-run_bg pgbench-churn pgbench -n -C -c 2 -j 1 -T "$secs" -P 10 -S "${pg[@]}"
+run_bg pgbench-persistent pgbench -n -c 4 -j 2 -R 500 -T "$secs" -P 10 -b select-only@9 -b simple-update@1 "${pg[@]}"
+run_bg pgbench-churn pgbench -n -C -c 4 -j 2 -T "$secs" -P 10 -S "${pg[@]}"
 run_bg cql "$target/dbproxy-cqlsoak" --addr "127.0.0.1:$cql_port" --seconds "$secs" --stats "$out/cql.stats"
 
 metrics() { # prints: pg_conns cql_conns active handshake_failures pg_refreshes cql_refreshes refresh_failures
@@ -124,7 +125,7 @@ while :; do
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$proxy_pid/status")
   thr=$(awk '/^Threads:/ { print $2 }' "/proc/$proxy_pid/status")
   fds=$(find "/proc/$proxy_pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-  cqls=$(tr '\t' ' ' <"$out/cql.stats" 2>/dev/null || echo "0 0 0")
+  cqls=$(tr '\t' ' ' 2>/dev/null <"$out/cql.stats" || echo "0 0 0")
   read -r cops cerr csess <<<"$cqls"
   printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$el" "$rss" "$fds" "$thr" \
     "$(metrics)" "$(last_tps pgbench-persistent)" "$(last_tps pgbench-churn)" "${cops:-0}" "${cerr:-0}" "${csess:-0}" \
