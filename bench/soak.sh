@@ -15,9 +15,9 @@
 # each new token (the old one stops working). The Cosmos DB keys rotate twice (SIGUSR1 to the
 # stand-ins): at 1/3 of the run the primary key is regenerated (only the secondary logs in),
 # at 2/3 the secondary (only the new primary logs in).
-# Every 10 s the proxy's RSS (VmRSS), open fds (/proc/PID/fd), threads and its /metrics
-# counters, and the clients' rates, go to soak.tsv in the output directory (SOAK_OUT, default a
-# new /tmp/soak.* directory; it is kept and printed).
+# Every 10 s the proxy's RSS (VmRSS; also RssAnon, the heap), open fds (/proc/PID/fd),
+# threads, its /metrics counters and the clients' rates go to soak.tsv in the output directory
+# (SOAK_OUT, default a new /tmp/soak.* directory; it is kept and printed).
 #
 # The run FAILS (exit 1, the reasons printed) if:
 #   * a client reports an error: pgbench exits non-zero, reports failed transactions or an
@@ -113,7 +113,7 @@ metrics() { # prints: pg_conns cql_conns active handshake_failures pg_refreshes 
 last_tps() { awk '/^progress:/ { t = $4 } END { printf "%s", (t == "" ? "0" : t) }' "$out/$1.err" 2>/dev/null || printf 0; }
 
 tsv="$out/soak.tsv"
-printf 'time_utc\telapsed_s\trss_kb\tfds\tthreads\tpg_conns_total\tcql_conns_total\tconns_active\thandshake_failures\tpg_token_refreshes\tcql_refreshes\trefresh_failures\tpg_tps_persistent\tpg_tps_churn\tcql_ops_total\tcql_errors\tcql_sessions\tload1\n' >"$tsv"
+printf 'time_utc\telapsed_s\trss_kb\trss_anon_kb\tfds\tthreads\tpg_conns_total\tcql_conns_total\tconns_active\thandshake_failures\tpg_token_refreshes\tcql_refreshes\trefresh_failures\tpg_tps_persistent\tpg_tps_churn\tcql_ops_total\tcql_errors\tcql_sessions\tload1\n' >"$tsv"
 start=$(date +%s)
 rotations=0
 while :; do
@@ -123,11 +123,12 @@ while :; do
     kill -USR1 "$standins_pid"; rotations=$((rotations + 1))
   fi
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$proxy_pid/status")
+  anon=$(awk '/^RssAnon:/ { print $2 }' "/proc/$proxy_pid/status")
   thr=$(awk '/^Threads:/ { print $2 }' "/proc/$proxy_pid/status")
   fds=$(find "/proc/$proxy_pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
   cqls=$(tr '\t' ' ' 2>/dev/null <"$out/cql.stats" || echo "0 0 0")
   read -r cops cerr csess <<<"$cqls"
-  printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$el" "$rss" "$fds" "$thr" \
+  printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$el" "$rss" "$anon" "$fds" "$thr" \
     "$(metrics)" "$(last_tps pgbench-persistent)" "$(last_tps pgbench-churn)" "${cops:-0}" "${cerr:-0}" "${csess:-0}" \
     "$(cut -d' ' -f1 /proc/loadavg)" >>"$tsv"
   done_all=1
@@ -139,7 +140,8 @@ for n in pgbench-persistent pgbench-churn cql; do
   for _ in $(seq 1 120); do [ -f "$out/$n.rc" ] && break; sleep 1; done
 done
 
-# Verdict.
+# Verdict. Cassandra's log goes with the results (the stand-ins remove it when they stop).
+cp "${STANDINS_CQL_SYSTEM_LOG:-}" "$out/cassandra-system.log" 2>/dev/null || true
 fail=()
 for n in pgbench-persistent pgbench-churn cql; do
   rc=$(cat "$out/$n.rc" 2>/dev/null || echo missing)
@@ -212,6 +214,8 @@ else:
     fd0, fd1 = med(warm[:k], "fds"), med(warm[-k:], "fds")
     start_rss, start_fd = num(rows[0], "rss_kb"), num(rows[0], "fds")
     print(f"RSS KiB: start {start_rss:.0f}, after warm-up (median of first 20 %) {rss0:.0f}, end (median of last 20 %) {rss1:.0f} ({(rss1/rss0-1)*100:+.1f} %), max {max(num(r,'rss_kb') for r in rows):.0f}")
+    a0, a1 = med(warm[:k], "rss_anon_kb"), med(warm[-k:], "rss_anon_kb")
+    print(f"RssAnon KiB (heap): start {num(rows[0], 'rss_anon_kb'):.0f}, after warm-up {a0:.0f}, end {a1:.0f} ({(a1/max(a0,1)-1)*100:+.1f} %)")
     print(f"fds:     start {start_fd:.0f}, after warm-up {fd0:.0f}, end {fd1:.0f} ({fd1-fd0:+.0f}), max {max(num(r,'fds') for r in rows):.0f}")
     print(f"threads: {min(num(r,'threads') for r in rows):.0f}-{max(num(r,'threads') for r in rows):.0f}")
     if rss1 > rss0 * 1.20:
@@ -229,6 +233,11 @@ for n in pgbench-persistent pgbench-churn; do
   echo "$n: $(awk '/^number of transactions actually processed:/ { t = $6 } /^number of failed transactions:/ { f = $5 } /^tps = / { tps = $3 } END { printf "%s transactions, %s failed, %s tps", t, f, tps }' "$out/$n.out")"
 done
 cat "$out/cql.out" 2>/dev/null || true
+grep -h 'cqlsoak error' "$out/cql.err" 2>/dev/null | head -5 || true
+# Not part of the verdict: Cassandra's own overload (mutations or reads it dropped after its
+# timeouts), which explains a WriteTimeout/ReadTimeout a client got through the proxy.
+dropped=$(grep -c 'messages were dropped' "$out/cassandra-system.log" 2>/dev/null || true)
+echo "Cassandra reported dropped messages ${dropped:-0} times (its own timeouts; $out/cassandra-system.log)"
 echo "Cosmos key rotations: $(grep '^cosmos key rotation' "$out/standins.log" | paste -sd';' -)"
 if [ "$py_ok" = 0 ]; then
   while IFS= read -r l; do fail+=("${l#FAIL: }"); done < <(grep '^FAIL: ' "$out/summary.txt")

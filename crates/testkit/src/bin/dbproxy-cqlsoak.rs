@@ -38,7 +38,10 @@ impl Counters {
     fn error(&self, what: &str, e: impl std::fmt::Display) {
         let n = self.errors.fetch_add(1, Ordering::Relaxed);
         if n < PRINTED_ERRORS {
-            eprintln!("cqlsoak error {}: {what}: {e}", n + 1);
+            let at = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            eprintln!("{at} cqlsoak error {}: {what}: {e}", n + 1);
         }
     }
 }

@@ -147,6 +147,10 @@ async fn main() -> anyhow::Result<()> {
             ("AZURE_COSMOS_CLIENTSECRET", cfg.client_secret.clone()),
             ("AZURE_COSMOS_TENANTID", cfg.tenant_id.clone()),
             ("STANDINS_CQL_ACCOUNT", ACCOUNT.to_owned()),
+            (
+                "STANDINS_CQL_SYSTEM_LOG",
+                c.node_dir(1).join("logs/system.log").display().to_string(),
+            ),
         ]);
     }
     dbproxy_testkit::util::write_env_file(&env_file, &vars)?;
