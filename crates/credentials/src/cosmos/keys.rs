@@ -5,7 +5,7 @@
 //! (primary ↔ secondary, or the read-only pair) is the fallback. After a fetch the key in use
 //! stays while it is in the fetched pair and was not refused; otherwise the preferred key,
 //! then the other one. Refusals are remembered for [`REFUSAL_MEMORY`], so a transient refusal
-//! heals. This module holds no lock and does no I/O: `CosmosKeySource` keeps [`Keys`] in its
+//! heals, and forgotten when a fetch returns a changed pair (a rotation step). This module holds no lock and does no I/O: `CosmosKeySource` keeps [`Keys`] in its
 //! refresher's state.
 
 use std::{str::FromStr, time::Duration};
@@ -177,6 +177,12 @@ impl Keys {
     pub(super) fn store(&mut self, pair: Pair, now: Instant) -> Stored {
         let keys_changed = self.pair.as_ref().is_some_and(|p| p != &pair);
         self.forget_old_refusals(now);
+        if keys_changed {
+            // The account's keys moved on (a rotation step): earlier refusals say nothing
+            // about the new state, e.g. the new primary refused while only the secondary was
+            // valid, and now the only valid key after the secondary's regeneration.
+            self.refused.clear();
+        }
         self.refused.retain(|(k, _)| pair.contains(k));
         let before = self.current.clone();
         let preferred_key = pair.preferred.clone();
@@ -250,6 +256,23 @@ mod tests {
         assert_eq!(st.choose(), Some(Secret::new("s")), "keeps the current key");
         st.current = None;
         assert_eq!(st.choose(), Some(Secret::new("p")));
+    }
+
+    #[test]
+    fn a_changed_pair_forgets_earlier_refusals() {
+        let now = Instant::now();
+        let mut st = Keys::default();
+        st.store(pair("p0", "s0"), now);
+        // Rotation 1: the primary is regenerated and only the secondary logs in.
+        st.refuse(&Secret::new("p0"), now);
+        st.store(pair("p1", "s0"), now);
+        st.refuse(&Secret::new("p1"), now);
+        st.store(pair("p1", "s0"), now);
+        assert_eq!(st.next_key(), Some(Secret::new("s0")));
+        // Rotation 2, seconds later: the secondary is regenerated; p1 is now the valid key.
+        st.refuse(&Secret::new("s0"), now);
+        st.store(pair("p1", "s1"), now);
+        assert_eq!(st.next_key(), Some(Secret::new("p1")));
     }
 
     #[test]
