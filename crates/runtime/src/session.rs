@@ -416,7 +416,9 @@ mod tests {
             |_| async { unreachable!("no password, no attempt") },
         )
         .await;
-        let e = r.err().expect("a credential error");
+        let Err(e) = r else {
+            panic!("a credential error expected")
+        };
         assert_eq!(e.reason, CloseReason::Credential);
         assert_eq!(
             e.message,
