@@ -298,25 +298,44 @@ impl<C: AsyncWrite + Unpin + ?Sized> AsyncWrite for Metered<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
 
-    #[tokio::test]
-    async fn counts_both_ways_and_propagates_close() {
-        let (mut client_app, mut client_side) = tokio::io::duplex(64);
-        let (mut upstream_side, mut server) = tokio::io::duplex(64);
-        let to_upstream = Counter::default();
-        let to_client = Counter::default();
-        let opts = RelayOptions {
-            to_upstream: to_upstream.clone(),
-            to_client: to_client.clone(),
-            idle_timeout: None,
+    /// Options with fresh counters.
+    fn options(idle_timeout: Option<Duration>) -> RelayOptions {
+        RelayOptions {
+            to_upstream: Counter::default(),
+            to_client: Counter::default(),
+            idle_timeout,
             server: Default::default(),
-        };
+        }
+    }
+
+    /// A relay between two in-memory pipes of `size` bytes, in a task of its own: the client
+    /// application's end, the server's end, and the relay.
+    fn spawn_relay(
+        size: usize,
+        opts: RelayOptions,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        JoinHandle<(Transferred, RelayEnd)>,
+    ) {
+        let (client_app, mut client_side) = tokio::io::duplex(size);
+        let (mut upstream_side, server) = tokio::io::duplex(size);
         let relay = tokio::spawn(async move {
             relay(&mut client_side, &mut upstream_side, opts)
                 .await
                 .unwrap()
         });
+        (client_app, server, relay)
+    }
+
+    #[tokio::test]
+    async fn counts_both_ways_and_propagates_close() {
+        let opts = options(None);
+        let (to_upstream, to_client) = (opts.to_upstream.clone(), opts.to_client.clone());
+        let (mut client_app, mut server, relay) = spawn_relay(64, opts);
         client_app.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         server.read_exact(&mut buf).await.unwrap();
@@ -340,19 +359,7 @@ mod tests {
     /// the client's side is closed, and the end is the upstream's.
     #[tokio::test]
     async fn an_upstream_close_is_told_apart() {
-        let (mut client_app, mut client_side) = tokio::io::duplex(64);
-        let (mut upstream_side, mut server) = tokio::io::duplex(64);
-        let opts = RelayOptions {
-            to_upstream: Counter::default(),
-            to_client: Counter::default(),
-            idle_timeout: None,
-            server: Default::default(),
-        };
-        let relay = tokio::spawn(async move {
-            relay(&mut client_side, &mut upstream_side, opts)
-                .await
-                .unwrap()
-        });
+        let (mut client_app, mut server, relay) = spawn_relay(64, options(None));
         server.write_all(b"bye").await.unwrap();
         drop(server);
         let mut got = Vec::new();
@@ -372,19 +379,7 @@ mod tests {
     /// the session (a PostgreSQL restart).
     #[tokio::test]
     async fn a_fatal_from_the_server_makes_its_close_the_end() {
-        let (mut client_app, mut client_side) = tokio::io::duplex(256);
-        let (mut upstream_side, mut server) = tokio::io::duplex(256);
-        let opts = RelayOptions {
-            to_upstream: Counter::default(),
-            to_client: Counter::default(),
-            idle_timeout: None,
-            server: Default::default(),
-        };
-        let relay = tokio::spawn(async move {
-            relay(&mut client_side, &mut upstream_side, opts)
-                .await
-                .unwrap()
-        });
+        let (mut client_app, mut server, relay) = spawn_relay(256, options(None));
         let body =
             b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
         let mut fatal = vec![b'E'];
@@ -409,13 +404,7 @@ mod tests {
         let (client_app, mut client_side) = tokio::io::duplex(64);
         let (mut upstream_side, server) = tokio::io::duplex(64);
         drop((client_app, server));
-        let opts = RelayOptions {
-            to_upstream: Counter::default(),
-            to_client: Counter::default(),
-            idle_timeout: None,
-            server: Default::default(),
-        };
-        let (_, end) = relay(&mut client_side, &mut upstream_side, opts)
+        let (_, end) = relay(&mut client_side, &mut upstream_side, options(None))
             .await
             .unwrap();
         assert_eq!(end, RelayEnd::UpstreamClosed);
@@ -425,12 +414,7 @@ mod tests {
     async fn idle_sessions_are_closed() {
         let (_client_app, mut client_side) = tokio::io::duplex(64);
         let (mut upstream_side, _server) = tokio::io::duplex(64);
-        let opts = RelayOptions {
-            to_upstream: Counter::default(),
-            to_client: Counter::default(),
-            idle_timeout: Some(Duration::from_secs(30)),
-            server: Default::default(),
-        };
+        let opts = options(Some(Duration::from_secs(30)));
         let (_, end) = relay(&mut client_side, &mut upstream_side, opts)
             .await
             .unwrap();
