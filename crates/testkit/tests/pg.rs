@@ -156,3 +156,37 @@ async fn servers_in_parallel_get_their_own_ports() {
     assert_ne!(a.port(), b.port());
     assert_ne!(a.socket_dir(), b.socket_dir());
 }
+
+/// The scale bench's stand-in: a TLS login with an accepted password gets a session that
+/// answers a query; another password gets PostgreSQL's 28P01.
+#[tokio::test]
+async fn the_standin_logs_in_with_an_accepted_password_only() {
+    use dbproxy_testkit::postgres::{MakeRustlsConnect, PgStandin};
+    use std::sync::Arc;
+    let ca = TestCa::new("standin test CA");
+    let check = Arc::new(|p: &[u8]| p == b"the-token");
+    let standin = PgStandin::start(&ca, check).await.unwrap();
+    let connect = |password: &'static str| {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(standin.port())
+            .user("aad_app")
+            .password(password)
+            .dbname("db")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls = MakeRustlsConnect::new(ca.rustls_client_config());
+        async move { config.connect(tls).await }
+    };
+    let (client, conn) = connect("the-token").await.unwrap();
+    tokio::spawn(conn);
+    let rows = client.simple_query("select 1").await.unwrap();
+    assert!(
+        matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("1"))
+    );
+    let err = connect("another").await.err().unwrap();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+    );
+}

@@ -2,10 +2,13 @@
 //! latency under bursts, and whether the memory is given back once they close. Used by
 //! `bench/scale.sh`; not a test (it asserts nothing about timings).
 //!
-//! `dbproxy-scale --proxy-bin [LABEL=]PATH [--proxy-bin …] [--sessions N] [--burst B]`
+//! `dbproxy-scale --proxy-bin [LABEL=]PATH [--proxy-bin …] [--sessions N] [--burst B]
+//! [--upstream real|standin] [--inspect CMD]`
 //!
-//! One real PostgreSQL (TLS, `password` auth, `max_connections` raised to fit) and one fake
-//! Entra ID serve every run. For each proxy binary (several, e.g. builds with different
+//! One upstream and one fake Entra ID serve every run: a real PostgreSQL (TLS, `password` auth,
+//! `max_connections` raised to fit; the default) or, with `--upstream standin`,
+//! [`PgStandin`] (TLS, the cleartext password checked against the fake Entra's tokens), which
+//! holds 10,000 sessions in a few MB where PostgreSQL needs about 2 MB per backend. For each proxy binary (several, e.g. builds with different
 //! allocators, are measured one after the other against the same server):
 //! 1. start it (plaintext loopback listener, TLS upstream), log in once (the token is fetched)
 //!    and take the baseline RSS;
@@ -14,13 +17,17 @@
 //! 3. with all N open and idle, sample RSS: (RSS − baseline) / N is the memory per session;
 //! 4. close them all and sample RSS every second for 30 s.
 //!
+//! `--inspect CMD` runs `sh -c CMD` at the baseline and again 30 s after close, with PROXY_PID
+//! and PHASE (`baseline`, `after-close`) set: a hook to dump where the memory is (smaps, gdb).
+//!
 //! Each proxy session holds two descriptors (client and upstream), so one process can hold at
 //! most about (hard RLIMIT_NOFILE − 64) / 2 sessions; N is capped there, and the cap is printed.
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -28,7 +35,7 @@ use anyhow::Context;
 use dbproxy_testkit::{
     azure::{FakeAzure, FakeAzureConfig},
     certs::TestCa,
-    postgres::{PgOptions, PgServer},
+    postgres::{PgOptions, PgServer, PgStandin},
     tokens::random_b64url,
     util::unique_temp_dir,
 };
@@ -41,6 +48,11 @@ struct Args {
     proxies: Vec<(String, PathBuf)>,
     sessions: usize,
     burst: usize,
+    /// A shell command run at the baseline and 30 s after close, with PROXY_PID and PHASE set
+    /// (for example a gdb or smaps dump), to see where the memory is.
+    inspect: Option<String>,
+    /// `real` (PostgreSQL) or `standin` ([`PgStandin`]).
+    upstream: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +61,8 @@ fn parse_args() -> anyhow::Result<Args> {
         proxies: Vec::new(),
         sessions: 10_000,
         burst: 500,
+        inspect: None,
+        upstream: "real".into(),
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -62,11 +76,18 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--sessions" => out.sessions = args.next().context("--sessions N")?.parse()?,
             "--burst" => out.burst = args.next().context("--burst B")?.parse()?,
+            "--inspect" => out.inspect = Some(args.next().context("--inspect CMD")?),
+            "--upstream" => out.upstream = args.next().context("--upstream real|standin")?,
             other => anyhow::bail!("unknown argument {other:?}"),
         }
     }
     anyhow::ensure!(!out.proxies.is_empty(), "--proxy-bin PATH is required");
     anyhow::ensure!(out.burst > 0, "--burst must be at least 1");
+    anyhow::ensure!(
+        matches!(out.upstream.as_str(), "real" | "standin"),
+        "--upstream is real or standin, not {:?}",
+        out.upstream
+    );
     Ok(out)
 }
 
@@ -90,19 +111,40 @@ async fn main() -> anyhow::Result<()> {
     let dir = unique_temp_dir("scale")?;
     let ca_file = dir.join("ca.pem");
     ca.write_ca(&ca_file);
-    let opts = PgOptions {
-        extra_conf: vec![
-            format!("max_connections = {}", sessions + 20),
-            "log_connections = off".into(),
-        ],
-        ..PgOptions::default()
-    };
-    eprintln!("starting PostgreSQL (max_connections {})…", sessions + 20);
-    let pg = Arc::new(PgServer::start(&ca, opts).await?);
-    pg.set_role_password(USER, &random_b64url(24)).await?;
-    pg.create_database(DB, USER).await?;
     let azure = FakeAzure::start(&ca, FakeAzureConfig::default()).await?;
-    azure.sync_pg_role_password(pg.clone(), USER, RESOURCE);
+    // The real server (one backend per session, about 2 MB each) or the stand-in (a few KB),
+    // which accepts the tokens the fake Entra issued for the database's resource.
+    let (pg, standin) = if args.upstream == "real" {
+        let opts = PgOptions {
+            extra_conf: vec![
+                format!("max_connections = {}", sessions + 20),
+                "log_connections = off".into(),
+            ],
+            ..PgOptions::default()
+        };
+        eprintln!("starting PostgreSQL (max_connections {})…", sessions + 20);
+        let pg = Arc::new(PgServer::start(&ca, opts).await?);
+        pg.set_role_password(USER, &random_b64url(24)).await?;
+        pg.create_database(DB, USER).await?;
+        azure.sync_pg_role_password(pg.clone(), USER, RESOURCE);
+        (Some(pg), None)
+    } else {
+        let tokens = Arc::new(Mutex::new(HashSet::new()));
+        let issued = tokens.clone();
+        azure.on_issue(move |t| {
+            if t.resource.trim_end_matches('/') == RESOURCE {
+                lock(&issued).insert(t.token.into_bytes());
+            }
+            std::future::ready(())
+        });
+        let check = Arc::new(move |password: &[u8]| lock(&tokens).contains(password));
+        (None, Some(PgStandin::start(&ca, check).await?))
+    };
+    let upstream_port = match (&pg, &standin) {
+        (Some(pg), _) => pg.port(),
+        (_, Some(s)) => s.port(),
+        _ => unreachable!("one upstream is always started"),
+    };
 
     println!(
         "| proxy | sessions | baseline RSS | RSS, all open | per session | login p50 / p99 (bursts of {}) | RSS after close: 1 s / 10 s / 30 s | 30 s ÷ baseline |",
@@ -110,8 +152,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (label, bin) in &args.proxies {
-        let proxy = Proxy::start(bin, &dir, &ca_file, &pg, &azure)?;
-        let r = measure(&proxy, sessions, args.burst).await;
+        let proxy = Proxy::start(bin, &dir, &ca_file, upstream_port, &azure)?;
+        let r = measure(&proxy, sessions, args.burst, args.inspect.as_deref()).await;
         drop(proxy);
         let r = r.with_context(|| format!("measuring {label}"))?;
         let mb = |kb: u64| format!("{:.1} MB", kb as f64 / 1024.0);
@@ -130,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     drop(azure);
-    drop(pg);
+    drop((pg, standin));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -145,7 +187,7 @@ impl Proxy {
         bin: &Path,
         dir: &Path,
         ca_file: &Path,
-        pg: &PgServer,
+        upstream_port: u16,
         azure: &FakeAzure,
     ) -> anyhow::Result<Proxy> {
         let c = azure.config();
@@ -160,7 +202,7 @@ impl Proxy {
                 "AZURE_POSTGRESQL_CONNECTIONSTRING",
                 format!(
                     "dbname={DB} host=127.0.0.1 port={} sslmode=require user={USER}",
-                    pg.port()
+                    upstream_port
                 ),
             )
             .env("AZURE_POSTGRESQL_CLIENTID", &c.client_id)
@@ -204,6 +246,19 @@ impl Proxy {
             "the proxy did not report ready within 30 s (log: {})",
             log.display()
         )
+    }
+
+    /// Runs the `--inspect` command, if any, with PROXY_PID and PHASE in its environment.
+    fn inspect(&self, cmd: Option<&str>, phase: &str) -> anyhow::Result<()> {
+        let Some(cmd) = cmd else { return Ok(()) };
+        let status = Command::new("sh")
+            .args(["-c", cmd])
+            .env("PROXY_PID", self.child.id().to_string())
+            .env("PHASE", phase)
+            .status()
+            .with_context(|| format!("running --inspect {cmd:?}"))?;
+        anyhow::ensure!(status.success(), "--inspect {cmd:?} failed: {status}");
+        Ok(())
     }
 
     fn rss_kb(&self) -> u64 {
@@ -252,11 +307,17 @@ async fn login(port: u16) -> anyhow::Result<(Session, Duration)> {
     Ok(((client, task), took))
 }
 
-async fn measure(proxy: &Proxy, sessions: usize, burst: usize) -> anyhow::Result<Measured> {
+async fn measure(
+    proxy: &Proxy,
+    sessions: usize,
+    burst: usize,
+    inspect: Option<&str>,
+) -> anyhow::Result<Measured> {
     // The first login fetches the token; the baseline is taken after it, idle.
     drop(login(proxy.port).await.context("first login")?);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let baseline_kb = proxy.rss_kb();
+    proxy.inspect(inspect, "baseline")?;
 
     let mut open: Vec<Session> = Vec::with_capacity(sessions);
     let mut latencies = Vec::with_capacity(sessions);
@@ -284,6 +345,7 @@ async fn measure(proxy: &Proxy, sessions: usize, burst: usize) -> anyhow::Result
         tokio::time::sleep(wait).await;
         after_close_kb[i] = proxy.rss_kb();
     }
+    proxy.inspect(inspect, "after-close")?;
 
     latencies.sort();
     let pct = |p: f64| {
@@ -298,6 +360,10 @@ async fn measure(proxy: &Proxy, sessions: usize, burst: usize) -> anyhow::Result
         p99_ms: pct(0.99),
         after_close_kb,
     })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn nofile_hard_limit() -> u64 {

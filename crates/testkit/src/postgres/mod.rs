@@ -33,6 +33,7 @@
 
 mod admin;
 mod server;
+pub mod standin;
 mod tls;
 
 use std::{
@@ -47,6 +48,7 @@ use anyhow::Context as _;
 
 use crate::util;
 
+pub use standin::PgStandin;
 pub use tls::{MakeRustlsConnect, RustlsConnect, RustlsStream};
 
 /// How the server checks role passwords on TLS TCP logins (the `hostssl` rule's method).
