@@ -288,7 +288,7 @@ fn checked(name: String, value: Vec<u8>, utf8: bool) -> Result<(String, String),
         return Err(Miss::Parameter);
     }
     let value = String::from_utf8(value).map_err(|_| Miss::Parameter)?;
-    if !utf8 && !(name.is_ascii() && value.is_ascii()) {
+    if !(utf8 || name.is_ascii() && value.is_ascii()) {
         return Err(Miss::Parameter);
     }
     Ok((name, value))
@@ -370,10 +370,13 @@ pub fn apply_request(settings: &[(String, String)]) -> BytesMut {
     out
 }
 
+/// ParameterStatus reports as (name, value), in the order sent.
+pub type Reports = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads the answer to [`apply_request`].
 #[derive(Debug, Default)]
 pub struct ApplyReader {
-    changed: Vec<(Vec<u8>, Vec<u8>)>,
+    changed: Reports,
     refused: Option<WarmError>,
 }
 
@@ -386,10 +389,7 @@ impl ApplyReader {
     /// Takes the messages at the front of `buf`. `Ok(Some(changed))` at ReadyForQuery: the
     /// ParameterStatus reports in order. A refusal (an ErrorResponse, or any NoticeResponse,
     /// which a login would not have shown) is an error once ReadyForQuery arrives.
-    pub fn feed(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, WarmError> {
+    pub fn feed(&mut self, buf: &mut BytesMut) -> Result<Option<Reports>, WarmError> {
         while let Some(message) = next_message(buf)? {
             match message[0] {
                 // ParseComplete, BindComplete, DataRow, CommandComplete, CloseComplete.

@@ -154,7 +154,8 @@ fn plan_applies_options_first_then_parameters_in_order() {
 
 #[test]
 fn plan_sends_what_cannot_be_exact_down_the_cold_path() {
-    let cases: &[(&[(&str, &[u8])], Miss)] = &[
+    type Params<'a> = &'a [(&'a str, &'a [u8])];
+    let cases: &[(Params, Miss)] = &[
         (&[("replication", b"database")], Miss::Startup),
         (&[("_pq_.protocol_managed_params", b"x")], Miss::Startup),
         (&[("options", b"-d 5")], Miss::Options),
