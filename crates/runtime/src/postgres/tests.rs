@@ -44,6 +44,7 @@ fn service_with(
         idle_timeout: None,
         metrics: ListenerMetrics::detached("orders", "postgres"),
         local_tls,
+        warm: Default::default(),
     })
 }
 
