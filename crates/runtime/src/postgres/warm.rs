@@ -99,7 +99,8 @@ impl<S> WarmPool<S> {
         self.settings
     }
 
-    fn len(&self) -> usize {
+    /// Sessions ready now.
+    pub(crate) fn len(&self) -> usize {
         self.ready.lock().map_or(0, |r| r.len())
     }
 }
