@@ -211,7 +211,8 @@ start_postgres() {
     cargo build --quiet -p dbproxy-testkit --bin dbproxy-standins
   fi
 
-  "$standins_bin" --env-file "$work/standins.env" > "$logs/standins.log" 2>&1 &
+  rm -f "$work/standins.env"   # a second start (the warm pass) waits for its own
+  "$standins_bin" --env-file "$work/standins.env" > "$logs/standins${mode:+.$mode}.log" 2>&1 &
   pids+=($!)
   local _
   for _ in $(seq 1 300); do [ -f "$work/standins.env" ] && break; sleep 0.2; done
