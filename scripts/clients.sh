@@ -4,7 +4,7 @@
 # do ordinary work (DDL, parameterised inserts and reads, a prepared statement, an expected error
 # caught by its code, a clean close). The result is the table of docs/COMPATIBILITY.md.
 #
-#   scripts/clients.sh                      # every PostgreSQL stack
+#   scripts/clients.sh                      # every PostgreSQL stack, cold, then with warm sessions
 #   scripts/clients.sh cassandra            # every Cassandra stack, on a 1-node and a 3-node cluster
 #   scripts/clients.sh all                  # both (PostgreSQL, then Cassandra); what scripts/test.sh runs
 #   scripts/clients.sh all --write          # ... and rewrite the tracked docs/COMPATIBILITY.md
@@ -26,7 +26,11 @@
 # proxy and the stand-ins, starts the stand-ins (real PostgreSQL with TLS + password auth, fake
 # Entra ID) and ONE proxy on a free loopback port, runs each stack's `run.sh test`, collects the
 # one-line results, rewrites its section of the generated document (above), and exits non-zero
-# if any row failed or (CI) the document is not the tracked one. Cassandra: the stand-ins are a real Cassandra 5.0 (TLS, PasswordAuthenticator) and a
+# if any row failed or (CI) the document is not the tracked one. PostgreSQL: every stack runs
+# twice, against a proxy with cold sessions (the default), then against one with
+# --postgres-warm-sessions 2, waiting before each stack until both warm sessions are ready; the
+# second pass fails a stack that the proxy never served a warm session (its hit counter did not
+# move) or that failed, and the row shows that failure; otherwise the row is the cold pass's. Cassandra: the stand-ins are a real Cassandra 5.0 (TLS, PasswordAuthenticator) and a
 # fake Entra ID + ARM listKeys (dbproxy-cql-standins); every stack runs against a 1-node cluster
 # and then a 3-node one (--nodes picks one), each behind its own proxy, and a row passes only if
 # the driver knows exactly one host (the proxy). ENTRA_DB_PROXY_BIN / DBPROXY_STANDINS_BIN /
@@ -106,7 +110,7 @@ if [ "$db" = cassandra ]; then
   if [ -n "$nodes_arg" ]; then targets=("$nodes_arg"); else targets=(1 3); fi
 else
   [ -z "$nodes_arg" ] || { echo "--nodes is for cassandra" >&2; exit 2; }
-  targets=("")
+  targets=("" warm)
 fi
 
 stacks_dir="tests/clients/$db"
@@ -168,7 +172,32 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { local _; for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 proxy_log="$logs/proxy.log"
+admin_port=""
+# The proxy's warm-session hits (0 when none yet).
+warm_hits() {
+  python3 - "$admin_port" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+print(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("entra_db_proxy_warm_session_hits_total{")))
+PY
+}
+# Waits (at most 30 s) until the proxy has $1 warm sessions ready.
+wait_warm_ready() {
+  local _
+  for _ in $(seq 1 150); do
+    python3 - "$admin_port" "$1" <<'PY' && return 0
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+ready = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("entra_db_proxy_warm_sessions{"))
+sys.exit(0 if ready >= float(sys.argv[2]) else 1)
+PY
+    sleep 0.2
+  done
+  return 1
+}
+# start_postgres [warm]: the stand-ins and one proxy (with warm sessions and the admin server).
 start_postgres() {
+  local mode="${1:-}"
   eval "$(scripts/install-deps.sh)"   # PostgreSQL server/client for the stand-ins (cached)
   local target="${CARGO_TARGET_DIR:-target}/debug"
   local proxy_bin="${ENTRA_DB_PROXY_BIN:-$target/entra-db-proxy}"
@@ -182,20 +211,28 @@ start_postgres() {
     cargo build --quiet -p dbproxy-testkit --bin dbproxy-standins
   fi
 
-  "$standins_bin" --env-file "$work/standins.env" > "$logs/standins.log" 2>&1 &
+  rm -f "$work/standins.env"   # a second start (the warm pass) waits for its own
+  "$standins_bin" --env-file "$work/standins.env" > "$logs/standins${mode:+.$mode}.log" 2>&1 &
   pids+=($!)
   local _
   for _ in $(seq 1 300); do [ -f "$work/standins.env" ] && break; sleep 0.2; done
   [ -f "$work/standins.env" ] || { echo "stand-ins did not start:" >&2; tail -n 20 "$logs/standins.log" >&2; exit 1; }
 
   local port; port=$(free_port)
+  local warm_args=()
+  proxy_log="$logs/proxy.log"
+  if [ "$mode" = warm ]; then
+    admin_port=$(free_port)
+    warm_args=(--postgres-warm-sessions 2 --admin-listen "127.0.0.1:$admin_port")
+    proxy_log="$logs/proxy.warm.log"
+  fi
   # The proxy alone sees the stand-ins' variables (fake service principal, CA file); the clients
   # below see only host, port, database and an unrelated user name.
   (set -a; . "$work/standins.env"; set +a
-   RUST_LOG="${RUST_LOG:-info}" exec "$proxy_bin" --postgres-listen "127.0.0.1:$port") \
-    > "$logs/proxy.log" 2>&1 &
+   RUST_LOG="${RUST_LOG:-info}" exec "$proxy_bin" --postgres-listen "127.0.0.1:$port" "${warm_args[@]}") \
+    > "$proxy_log" 2>&1 &
   pids+=($!)
-  wait_port "$port" || { echo "proxy did not listen on $port:" >&2; tail -n 20 "$logs/proxy.log" >&2; exit 1; }
+  wait_port "$port" || { echo "proxy did not listen on $port:" >&2; tail -n 20 "$proxy_log" >&2; exit 1; }
 
   # shellcheck disable=SC1091
   local entra_user db_name
@@ -208,7 +245,7 @@ start_postgres() {
   export PGPASSFILE="$work/no-pgpass"       # no ~/.pgpass either
   export EXPECT_USER="$entra_user"
   export PGAPPNAME=entra-db-proxy-compat
-  echo "== proxy on 127.0.0.1:$port (upstream user $entra_user, database $db_name)" >&2
+  echo "== proxy on 127.0.0.1:$port (upstream user $entra_user, database $db_name${mode:+, warm sessions})" >&2
 }
 
 # start_cassandra NODES: a Cassandra cluster of NODES nodes with a Cosmos-like account (its
@@ -273,16 +310,28 @@ t_before_start=$(now)
 "start_$db" $tgt
 t_started=$(now)
 t_started_sum=$(( t_started_sum + t_started - t_before_start ))
-sfx=${tgt:+.n$tgt}
-where=${tgt:+" ($tgt node$([ "$tgt" = 1 ] || echo s))"}
+if [ "$db" = postgres ]; then
+  sfx=${tgt:+.$tgt}
+  where=${tgt:+" (warm sessions)"}
+else
+  sfx=${tgt:+.n$tgt}
+  where=${tgt:+" ($tgt node$([ "$tgt" = 1 ] || echo s))"}
+fi
 for s in "${stacks[@]}"; do
   title=$(sed -n 's/^# title: //p' "$stacks_dir/$s/run.sh" | head -n1)
   t0=$(now)
   tlog="$logs/$s$sfx.test.log"
+  hits_before=""
+  # A stack that could not be installed has its row from the cold pass already.
+  if [ "$tgt" = warm ] && [ -n "${install_fail[$s]:-}" ]; then continue; fi
   if [ -n "${install_fail[$s]:-}" ]; then
     line="FAIL $s ${install_fail[$s]}"
   else
     echo "== test $s$where" >&2
+    if [ "$tgt" = warm ]; then
+      wait_warm_ready 2 || echo "   warm sessions not ready after 30 s; see $proxy_log" >&2
+      hits_before=$(warm_hits)
+    fi
     set +e
     out=$(timeout 300 "$stacks_dir/$s/run.sh" test 2> "$tlog")
     rc=$?
@@ -306,14 +355,34 @@ for s in "${stacks[@]}"; do
       fi
     fi
   fi
+  # Warm pass: the stack must have been served at least one warm session.
+  if [ -n "$hits_before" ] && [[ "$line" == ok* ]]; then
+    hits_after=$(warm_hits)
+    if ! python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) > float(sys.argv[1]) else 1)" "$hits_before" "$hits_after"; then
+      line="FAIL $s was never served a warm session (see $proxy_log)"
+    fi
+  fi
   test_s=$(( $(now) - t0 ))
-  echo "${where:+[$tgt node(s)] }$line" | tee -a "$logs/results.txt"
+  if [ "$db" = postgres ]; then
+    echo "${tgt:+[warm sessions] }$line" | tee -a "$logs/results.txt"
+  else
+    echo "${where:+[$tgt node(s)] }$line" | tee -a "$logs/results.txt"
+  fi
   if [[ "$line" == FAIL* ]]; then
     fails=$((fails + 1))
     { echo "   --- last lines of $tlog:"; tail -n 15 "$tlog" | sed 's/^/   | /'
       echo "   --- last lines of $proxy_log:"; tail -n 15 "$proxy_log" | sed 's/^/   | /'; } >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$db" "$s" "$title" "${install_s[$s]}" "$test_s" "$line" "$tgt" >> "$results"
+  if [ "$db" = postgres ] && [ "$tgt" = warm ]; then
+    # The row is the cold pass's unless the warm pass failed (or did not run: SKIP).
+    if [[ "$line" == FAIL* ]]; then
+      line="FAIL $s with warm sessions: ${line#"FAIL $s "}"
+      awk -F'\t' -v OFS='\t' -v s="$s" -v l="$line" '$2 == s { $6 = l } { print }' "$results" > "$results.new"
+      mv "$results.new" "$results"
+    fi
+  else
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$db" "$s" "$title" "${install_s[$s]}" "$test_s" "$line" "$tgt" >> "$results"
+  fi
 done
 t_tests_sum=$(( t_tests_sum + $(now) - t_started ))
 stop_target

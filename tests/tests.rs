@@ -35,3 +35,6 @@ mod ops;
 mod secrets;
 /// Token lifetime: refresh, expiry mid-run, rejection and retry, large tokens.
 mod tokens;
+/// Warm upstream sessions: isolation between clients, the greeting a cold login shows, the
+/// cold path for what cannot be exact, cancel, a restart under warm sessions.
+mod warm;

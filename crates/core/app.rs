@@ -152,6 +152,10 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
                 idle_timeout: config.idle_timeout,
                 metrics: listener_metrics,
                 local_tls,
+                warm: dbproxy_runtime::WarmPool::new(dbproxy_runtime::WarmSettings {
+                    sessions: l.warm_sessions,
+                    max_age: l.warm_session_max_age,
+                }),
             })),
             (Protocol::Cassandra, Some(c)) => Prepared::Cassandra(Arc::new(CassandraService {
                 name: l.name.clone(),
@@ -294,7 +298,9 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
         health.add_credential(&l.name, status);
         let addr = match p {
             Prepared::Postgres(s) => {
-                bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
+                let addr = bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?;
+                s.spawn_warm(shutdown.stop_accepting.clone());
+                addr
             }
             Prepared::Cassandra(s) => {
                 bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
@@ -308,6 +314,7 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
             user = %l.user,
             credential = %p.password().describe(),
             max_connections = l.max_connections,
+            warm_sessions = l.warm_sessions,
             "listening"
         );
         if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {

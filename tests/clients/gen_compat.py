@@ -43,7 +43,10 @@ and the library's default `sslmode` (never `require`). It then creates its own t
 reads rows with parameters, uses a prepared statement, hits a duplicate key and carries on after
 catching SQLSTATE `23505`, checks that `current_user` is the Entra user the proxy logged in as,
 and closes cleanly. Some rows check more (query cancel, COPY, pipelining, transactions); the
-notes column says what.
+notes column says what. Every PostgreSQL stack runs twice: against a proxy with cold sessions,
+then against one with `--postgres-warm-sessions 2` (waiting before each stack until both are
+ready); a row is `ok` only if both passes were and the proxy served the stack at least one
+warm session.
 
 Cassandra rows do the same with CQL drivers against a real Cassandra 5.0 (TLS,
 `PasswordAuthenticator`) whose account password is the key a fake ARM `listKeys` returns: the

@@ -61,6 +61,11 @@ pub struct FileListener {
     database: Option<String>,
     scope: Option<String>,
     max_connections: Option<usize>,
+    /// postgres: upstream sessions logged in ahead of clients (default 0: off).
+    warm_sessions: Option<usize>,
+    /// postgres: warm sessions are closed unused before this age (default "5m").
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    warm_session_max_age: Option<Duration>,
     /// cassandra: "cosmos-keys" (default), "token" or "file".
     password: Option<CassandraPasswordKind>,
     list_keys_url: Option<String>,
@@ -149,6 +154,8 @@ impl FileListener {
             tls_ca_file: self.tls.ca_file,
             tls_server_name: self.tls.server_name,
             max_connections: self.max_connections.or(max_connections),
+            warm_sessions: self.warm_sessions,
+            warm_session_max_age: self.warm_session_max_age,
             cql: CqlSettings {
                 password: self.password,
                 list_keys_url: self.list_keys_url,

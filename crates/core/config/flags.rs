@@ -66,6 +66,14 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_DATABASE", value_name = "DB")]
     pub postgres_database: Option<String>,
 
+    /// Upstream sessions the PostgreSQL listener keeps logged in ahead of clients, so that a client connecting to the default database is served at once (for apps that connect per request); each is a server connection, counting against max_connections [default: 0, off].
+    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_WARM_SESSIONS", value_name = "N")]
+    pub postgres_warm_sessions: Option<usize>,
+
+    /// Warm sessions are closed unused before this age, and replaced: 5m, 1h, or seconds as a bare number (300) [default: 5m].
+    #[arg(long, env = "ENTRA_DB_PROXY_POSTGRES_WARM_SESSION_MAX_AGE", value_name = "DURATION", value_parser = duration::parse)]
+    pub postgres_warm_session_max_age: Option<Duration>,
+
     /// Local address of the CQL listener: IP:PORT or a Unix socket path [default: 127.0.0.1:9042].
     #[arg(
         long,

@@ -62,6 +62,10 @@ pub struct ListenerSettings {
     pub tls_server_name: Option<String>,
     /// Connection cap (default 0: none).
     pub max_connections: Option<usize>,
+    /// Warm upstream sessions kept ready (PostgreSQL only; default 0: off).
+    pub warm_sessions: Option<usize>,
+    /// Warm sessions are closed unused before this age (default 5 minutes).
+    pub warm_session_max_age: Option<std::time::Duration>,
     /// CQL settings (must all be unset for PostgreSQL).
     pub cql: CqlSettings,
     /// TLS between clients and the proxy with a configured certificate.
@@ -201,6 +205,26 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             ),
         }
     }
+    let (warm_key, warm_age_key) = match origin {
+        Origin::File => ("warm_sessions", "warm_session_max_age"),
+        Origin::Flags => (
+            "--postgres-warm-sessions",
+            "--postgres-warm-session-max-age",
+        ),
+    };
+    if let Some(n) = s.warm_sessions
+        && n > MAX_WARM_SESSIONS
+    {
+        bail!("{warm_key}: expected 0 to {MAX_WARM_SESSIONS}, got {n}");
+    }
+    if let Some(age) = s.warm_session_max_age
+        && age < std::time::Duration::from_secs(1)
+    {
+        bail!(
+            "{warm_age_key}: expected at least 1s, got {}",
+            humantime::format_duration(age)
+        );
+    }
     let cassandra = match s.protocol {
         Protocol::Postgres => {
             for (key, set) in cql_only_keys(&s.cql) {
@@ -211,6 +235,9 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             None
         }
         Protocol::Cassandra => {
+            if s.warm_sessions.is_some() || s.warm_session_max_age.is_some() {
+                bail!("{warm_key}: only for protocol = \"postgres\" listeners");
+            }
             if s.database.is_some() {
                 bail!(
                     "database: only for protocol = \"postgres\" listeners (CQL clients choose their keyspace)"
@@ -256,6 +283,10 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
         scope,
         tls_ca_file: s.tls_ca_file,
         max_connections: s.max_connections.unwrap_or(0),
+        warm_sessions: s.warm_sessions.unwrap_or(0),
+        warm_session_max_age: s
+            .warm_session_max_age
+            .unwrap_or(dbproxy_runtime::postgres::warm::DEFAULT_MAX_AGE),
         cassandra,
         client_tls_self_signed: s.client_tls_mode != Some(ClientTlsMode::Disable),
         client_tls: s.client_tls,
@@ -297,6 +328,9 @@ pub fn parse_mode(s: &str) -> anyhow::Result<u32> {
             format!("unix_socket_mode: expected octal permissions such as 0600, got {s:?}")
         })
 }
+
+/// The most warm sessions a listener keeps (each is a server connection).
+const MAX_WARM_SESSIONS: usize = 1000;
 
 /// The smallest `max_frame_size` accepted: what the client handshake itself allows.
 const MIN_FRAME_SIZE: usize = 64 * 1024;

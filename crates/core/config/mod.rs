@@ -25,6 +25,8 @@ pub mod service_connector;
 pub mod size;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod warm_tests;
 
 use std::{
     net::SocketAddr,
@@ -187,6 +189,10 @@ pub struct ListenerConfig {
     pub tls_server_name: String,
     /// Connection cap (0: none).
     pub max_connections: usize,
+    /// Warm upstream sessions kept ready (PostgreSQL; 0: off).
+    pub warm_sessions: usize,
+    /// Warm sessions are closed unused before this age.
+    pub warm_session_max_age: Duration,
     /// CQL settings (protocol = cassandra).
     pub cassandra: Option<CassandraSettings>,
     /// TLS between clients and the proxy with a configured certificate.

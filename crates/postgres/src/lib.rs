@@ -40,6 +40,8 @@ code: i32, body`. All integers are big-endian.
 - [`login`]: [`UpstreamLogin`], the state machine that logs in to the upstream server with an
   access token as password (cleartext, MD5 or SCRAM-SHA-256) and says when to hand over to the
   byte relay.
+- [`warm`]: warm sessions: the login greeting captured, a client's startup parameters planned
+  and applied after login (`set_config` as bind parameters), the greeting rendered for it.
 - [`sqlstate`]: the SQLSTATE codes the proxy reports.
 - [`ProtocolError`]: a malformed or unsupported packet, with the SQLSTATE to report it under.
 */
@@ -52,6 +54,7 @@ pub mod login;
 pub mod messages;
 pub mod sqlstate;
 pub mod startup;
+pub mod warm;
 
 pub use backend::parse_error_fields;
 pub use error::{ProtocolError, ProtocolErrorKind};

@@ -47,7 +47,7 @@ pub use cassandra::CassandraService;
 pub use listener::{ListenAddr, Listener, Shutdown};
 pub use local_tls::{LocalTls, LocalTlsMode};
 pub use metrics::{ListenerMetrics, Metrics};
-pub use postgres::{PostgresService, PostgresUpstream};
+pub use postgres::{PostgresService, PostgresUpstream, WarmPool, WarmSettings};
 pub use session::{CloseReason, SessionError};
 pub use stream::ClientStream;
 pub use upstream::{Connector, Upstream};

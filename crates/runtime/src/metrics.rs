@@ -4,7 +4,8 @@
 //! failures by cause, sessions that relayed by how they ended (`client_closed`,
 //! `upstream_closed`, `idle_timeout`), handshake latency (client accept → ready), upstream connect latency, bytes
 //! each way. Per credential (label `listener`): refreshes ok/failed, seconds until expiry, last
-//! success time — read from the credential's status at scrape time. Per process: start time and
+//! success time — read from the credential's status at scrape time. PostgreSQL listeners with
+//! warm sessions: hits, misses by reason, sessions discarded by reason, sessions ready. Per process: start time and
 //! build info. No label or value ever holds a secret.
 
 use std::{
@@ -41,6 +42,13 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    listener: String,
+    protocol: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialLabels {
     listener: String,
 }
@@ -69,6 +77,10 @@ pub struct Metrics {
     connect: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     bytes_to_upstream: Family<ListenerLabels, Counter>,
     bytes_to_client: Family<ListenerLabels, Counter>,
+    warm_hits: Family<ListenerLabels, Counter>,
+    warm_misses: Family<ReasonLabels, Counter>,
+    warm_discarded: Family<ReasonLabels, Counter>,
+    warm_ready: Family<ListenerLabels, Gauge>,
     refresh_ok: Family<CredentialLabels, Counter>,
     refresh_failed: Family<CredentialLabels, Counter>,
     expiry: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -95,6 +107,10 @@ impl Metrics {
             connect: Family::new_with_constructor(latency_histogram),
             bytes_to_upstream: Family::default(),
             bytes_to_client: Family::default(),
+            warm_hits: Family::default(),
+            warm_misses: Family::default(),
+            warm_discarded: Family::default(),
+            warm_ready: Family::default(),
             refresh_ok: Family::default(),
             refresh_failed: Family::default(),
             expiry: Family::default(),
@@ -141,6 +157,26 @@ impl Metrics {
             "client_bytes",
             "Bytes relayed from the upstream to clients",
             m.bytes_to_client.clone(),
+        );
+        registry.register(
+            "warm_session_hits",
+            "Clients handed a warm upstream session (PostgreSQL, warm_sessions > 0)",
+            m.warm_hits.clone(),
+        );
+        registry.register(
+            "warm_session_misses",
+            "Clients that took the cold path although warm sessions are on, by reason (empty, database, startup, options, parameter, apply_failed)",
+            m.warm_misses.clone(),
+        );
+        registry.register(
+            "warm_sessions_discarded",
+            "Warm sessions closed without serving a client, by reason (closed: the server ended it; aged: warm_session_max_age; apply_failed)",
+            m.warm_discarded.clone(),
+        );
+        registry.register(
+            "warm_sessions",
+            "Warm upstream sessions ready now",
+            m.warm_ready.clone(),
         );
         registry.register(
             "credential_refreshes",
@@ -190,6 +226,10 @@ impl Metrics {
             bytes_to_client: self.bytes_to_client.get_or_create(&labels).clone(),
             failures: self.failures.clone(),
             ended: self.ended.clone(),
+            warm_hits: self.warm_hits.clone(),
+            warm_ready: self.warm_ready.clone(),
+            warm_misses: self.warm_misses.clone(),
+            warm_discarded: self.warm_discarded.clone(),
             labels,
         }
     }
@@ -268,6 +308,11 @@ pub struct ListenerMetrics {
     pub bytes_to_upstream: Counter,
     /// Upstream → client bytes.
     pub bytes_to_client: Counter,
+    // Warm sessions (created on first use: listeners without them show none).
+    warm_hits: Family<ListenerLabels, Counter>,
+    warm_ready: Family<ListenerLabels, Gauge>,
+    warm_misses: Family<ReasonLabels, Counter>,
+    warm_discarded: Family<ReasonLabels, Counter>,
 }
 
 impl ListenerMetrics {
@@ -293,6 +338,38 @@ impl ListenerMetrics {
             .inc();
     }
 
+    /// Counts a client handed a warm session.
+    pub fn warm_hit(&self) {
+        self.warm_hits.get_or_create(&self.labels).inc();
+    }
+
+    /// Sets how many warm sessions are ready.
+    pub fn set_warm_ready(&self, n: usize) {
+        self.warm_ready
+            .get_or_create(&self.labels)
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a client that took the cold path although warm sessions are on.
+    pub fn warm_miss(&self, reason: &'static str) {
+        self.reason(&self.warm_misses, reason).inc();
+    }
+
+    /// Counts a warm session closed without serving a client.
+    pub fn warm_discarded(&self, reason: &'static str) {
+        self.reason(&self.warm_discarded, reason).inc();
+    }
+
+    fn reason(&self, family: &Family<ReasonLabels, Counter>, reason: &'static str) -> Counter {
+        family
+            .get_or_create(&ReasonLabels {
+                listener: self.labels.listener.clone(),
+                protocol: self.labels.protocol.clone(),
+                reason: reason.to_owned(),
+            })
+            .clone()
+    }
+
     /// Metrics not attached to any registry (for tests and `check`).
     pub fn detached(name: &str, protocol: &str) -> ListenerMetrics {
         Metrics::new().listener(name, protocol)
@@ -313,6 +390,10 @@ mod tests {
         l.session_ended(crate::session::CloseReason::UpstreamClosed);
         l.handshake.observe(0.01);
         l.bytes_to_client.inc_by(10);
+        l.warm_hit();
+        l.set_warm_ready(2);
+        l.warm_miss("empty");
+        l.warm_discarded("aged");
         let status = Arc::new(|| CacheStatus {
             expires_on: Some(SystemTime::now() + Duration::from_secs(100)),
             last_success: Some(SystemTime::now()),
@@ -330,6 +411,10 @@ mod tests {
             "entra_db_proxy_handshake_duration_seconds_count{listener=\"orders\",protocol=\"postgres\"} 1",
             "entra_db_proxy_client_bytes_total{listener=\"orders\",protocol=\"postgres\"} 10",
             "entra_db_proxy_credential_refreshes_total{listener=\"orders\"} 3",
+            "entra_db_proxy_warm_session_hits_total{listener=\"orders\",protocol=\"postgres\"} 1",
+            "entra_db_proxy_warm_sessions{listener=\"orders\",protocol=\"postgres\"} 2",
+            "entra_db_proxy_warm_session_misses_total{listener=\"orders\",protocol=\"postgres\",reason=\"empty\"} 1",
+            "entra_db_proxy_warm_sessions_discarded_total{listener=\"orders\",protocol=\"postgres\",reason=\"aged\"} 1",
             "entra_db_proxy_credential_refresh_failures_total{listener=\"orders\"} 1",
             "entra_db_proxy_build_info{version=",
             "entra_db_proxy_start_time_seconds ",

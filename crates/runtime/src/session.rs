@@ -177,6 +177,8 @@ impl SessionError {
 /// A session that relayed, for its closing log line.
 #[derive(Debug)]
 pub struct Ended {
+    /// Whether the client was handed a warm upstream session (PostgreSQL).
+    pub warm: bool,
     /// Why it ended.
     pub reason: CloseReason,
     /// Bytes moved each way.
@@ -219,6 +221,7 @@ pub async fn finish<C>(
                 bytes_to_upstream = t.to_upstream,
                 bytes_to_client = t.to_client,
                 outcome = end.reason.outcome(),
+                session = if end.warm { "warm" } else { "cold" },
                 "session ended"
             );
         }

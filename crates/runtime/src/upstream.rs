@@ -27,6 +27,22 @@ pub trait Connector: std::fmt::Display + Send + Sync + 'static {
 
     /// Opens a connection, ready for the protocol's login.
     fn connect(&self) -> impl Future<Output = Result<Self::Stream, ConnectError>> + Send;
+
+    /// Whether an idle, logged-in stream can no longer be handed to a client: the peer closed
+    /// it, or sent something nobody asked for (a FATAL, a ParameterStatus). Never waits.
+    fn idle_closed(stream: &mut Self::Stream) -> bool {
+        poll_idle(stream)
+    }
+}
+
+/// Polls `stream` for one byte without waiting: anything but "nothing yet" (a byte, EOF, an
+/// error) means it is no longer idle.
+pub fn poll_idle<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+    use std::{pin::Pin, task::Context, task::Poll, task::Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    !matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
 }
 
 impl Connector for Upstream {

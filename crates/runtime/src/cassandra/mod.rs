@@ -242,6 +242,7 @@ impl<C: Connector> CassandraService<C> {
         let mut upstream = up.stream;
         let reason = relay.run(client, &mut upstream, codecs).await;
         Ok(Ended {
+            warm: false,
             reason,
             transferred: relay.transferred(),
             database: None,

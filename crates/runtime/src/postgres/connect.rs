@@ -61,4 +61,16 @@ impl Connector for PostgresUpstream {
         }
         self.0.tls(tcp).await
     }
+
+    /// A byte or EOF waiting in the socket (looked at without reading it, so that a close the
+    /// runtime has not polled yet counts too), or plaintext rustls already holds.
+    fn idle_closed(stream: &mut Self::Stream) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        match socket2::SockRef::from(stream.get_ref().0).peek(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                crate::upstream::poll_idle(stream)
+            }
+            _ => true,
+        }
+    }
 }

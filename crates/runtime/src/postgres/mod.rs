@@ -19,6 +19,9 @@
 //! 5. **Relay** ([`crate::relay`]): from AuthenticationOk on, every byte is forwarded unparsed
 //!    in both directions.
 //!
+//! With `warm_sessions` on ([`warm`]), steps 2–4 are skipped for a client whose startup can be
+//! served by a session logged in ahead of time.
+//!
 //! Any failure is reported to the client as a FATAL ErrorResponse with a SQLSTATE (08001 upstream
 //! unreachable or TLS failure, 28000 credential unavailable, 08P01 protocol violation; the
 //! upstream's own errors verbatim) before the connection is closed.
@@ -27,6 +30,7 @@ pub mod cancel;
 pub mod connect;
 pub mod login;
 pub mod startup;
+pub mod warm;
 
 #[cfg(test)]
 mod tests;
@@ -36,13 +40,14 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use bytes::BytesMut;
 use dbproxy_credentials::PasswordSource;
 use dbproxy_postgres::{
-    MAX_STARTUP_LEN,
+    FatalWatch, MAX_STARTUP_LEN,
     messages::{self, ErrorFields},
     sqlstate,
 };
 use tokio::io::AsyncWriteExt;
 
 pub use connect::PostgresUpstream;
+pub use warm::{WarmPool, WarmSettings};
 
 use crate::{
     escape::Escaped,
@@ -57,7 +62,7 @@ use crate::{
 use startup::ClientStart;
 
 /// Everything a PostgreSQL listener needs to serve its clients.
-pub struct PostgresService<C = PostgresUpstream> {
+pub struct PostgresService<C: Connector = PostgresUpstream> {
     /// The listener's name, for logs.
     pub name: String,
     /// The Azure Database for PostgreSQL server.
@@ -77,6 +82,8 @@ pub struct PostgresService<C = PostgresUpstream> {
     pub metrics: ListenerMetrics,
     /// TLS between clients and the proxy (None: SSLRequest is answered 'N').
     pub local_tls: Option<LocalTls>,
+    /// Upstream sessions logged in ahead of clients (off unless `warm_sessions` > 0).
+    pub warm: WarmPool<C::Stream>,
 }
 
 const HINT_UPSTREAM: &str = "Check the listener's upstream host and port, DNS, and that the server's firewall admits this host.";
@@ -166,6 +173,7 @@ impl<C: Connector> PostgresService<C> {
             ClientStart::Cancel(bytes) => {
                 self.forward_cancel(&bytes).await?;
                 return Ok(Ended {
+                    warm: false,
                     reason: CloseReason::CancelForwarded,
                     transferred: Default::default(),
                     database: None,
@@ -199,9 +207,24 @@ impl<C: Connector> PostgresService<C> {
             "client startup"
         );
 
-        // 2.–4. Credential, upstream TLS and login; a refused token is replaced once.
-        let (mut upstream, server) = self.login(client, upstream_startup).await?;
-        tracing::info!(user = %self.user, database = %Escaped(&database), "logged in upstream; relaying");
+        // 2.–4. A warm session, or credential, upstream TLS and login (a refused token is
+        // replaced once).
+        let (mut upstream, server, warm) = match self.take_warm(&upstream_startup).await {
+            Some((upstream, greeting)) => {
+                client.write_all(&greeting).await.map_err(|e| {
+                    SessionError::silent(CloseReason::ClientIo, format!("client went away: {e}"))
+                })?;
+                let mut server = FatalWatch::new();
+                server.feed(&greeting);
+                tracing::info!(user = %self.user, database = %Escaped(&database), "warm upstream session handed over; relaying");
+                (upstream, server, true)
+            }
+            None => {
+                let (upstream, server) = self.login(client, upstream_startup).await?;
+                tracing::info!(user = %self.user, database = %Escaped(&database), "logged in upstream; relaying");
+                (upstream, server, false)
+            }
+        };
         self.metrics
             .handshake
             .observe(started.elapsed().as_secs_f64());
@@ -231,6 +254,7 @@ impl<C: Connector> PostgresService<C> {
             .map_err(|e| SessionError::silent(CloseReason::Relay, format!("relay ended: {e}")))?;
         transferred.to_upstream += pipelined.len() as u64;
         Ok(Ended {
+            warm,
             reason: match end {
                 RelayEnd::ClientClosed => CloseReason::ClientClosed,
                 RelayEnd::UpstreamClosed => CloseReason::UpstreamClosed,

@@ -44,6 +44,7 @@ fn service_with(
         idle_timeout: None,
         metrics: ListenerMetrics::detached("orders", "postgres"),
         local_tls,
+        warm: Default::default(),
     })
 }
 
@@ -626,3 +627,6 @@ async fn a_stalled_direct_tls_handshake_ends_at_the_handshake_timeout() {
     app.read_to_end(&mut got).await.unwrap();
     assert!(got.is_empty(), "{got:?}");
 }
+
+#[path = "warm_tests.rs"]
+mod warm;
