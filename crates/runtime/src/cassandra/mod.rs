@@ -174,6 +174,39 @@ impl<C: Connector> Service for CassandraService<C> {
     }
 }
 
+impl<C: Connector> crate::gate::Refuse for CassandraService<C> {
+    async fn refuse(self: Arc<Self>, client: ClientStream, why: String) {
+        // The driver's OPTIONS is answered; its STARTUP gets an authentication error (0x0100),
+        // which drivers report as an authentication failure with this message.
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let labels = SessionLabels {
+            upstream: &self.upstream,
+            user: &self.username,
+            metrics: &self.metrics,
+        };
+        let mut client = match self.maybe_tls(client, deadline).await {
+            Ok(client) => client,
+            Err(e) => return session::finish::<ClientStream>(&labels, None, started, Err(e)).await,
+        };
+        let mut cbuf = BytesMut::with_capacity(1024);
+        let result = match self
+            .client_handshake(&mut client, &mut cbuf, deadline)
+            .await
+        {
+            Ok(startup) => Err(cql_error(
+                CloseReason::NotAdmitted,
+                startup.version,
+                startup.stream,
+                codes::BAD_CREDENTIALS,
+                why,
+            )),
+            Err(e) => Err(e),
+        };
+        session::finish(&labels, Some(&mut client), started, result).await;
+    }
+}
+
 impl<C: Connector> CassandraService<C> {
     /// The body bound implied by [`CassandraService::max_frame_size`].
     pub(crate) fn max_body_len(&self) -> usize {
