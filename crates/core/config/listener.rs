@@ -68,6 +68,10 @@ pub struct ListenerSettings {
     pub client_tls: Option<ClientTlsConfig>,
     /// `disable` turns the self-signed offer off; `require` needs `client_tls`.
     pub client_tls_mode: Option<ClientTlsMode>,
+    /// Per-pod identity.
+    pub pod_identity: Option<super::pod_identity::PodIdentityConfig>,
+    /// Unix socket: uids admitted.
+    pub allow_uids: Vec<u32>,
 }
 
 /// The CQL part of [`ListenerSettings`].
@@ -166,7 +170,7 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             ),
         }
     }
-    if s.user.is_empty() {
+    if s.user.is_empty() && s.pod_identity.is_none() {
         match origin {
             Origin::File => bail!("user: expected the Entra user name to log in as"),
             Origin::Flags => bail!("{}: expected the user name to log in as", flag("user")),
@@ -201,6 +205,7 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             ),
         }
     }
+    super::pod_identity::validate(&listen, s.pod_identity.as_ref(), &s.allow_uids)?;
     let cassandra = match s.protocol {
         Protocol::Postgres => {
             for (key, set) in cql_only_keys(&s.cql) {
@@ -258,6 +263,8 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
         max_connections: s.max_connections.unwrap_or(0),
         cassandra,
         client_tls_self_signed: s.client_tls_mode != Some(ClientTlsMode::Disable),
+        pod_identity: s.pod_identity,
+        allow_uids: s.allow_uids,
         client_tls: s.client_tls,
     })
 }

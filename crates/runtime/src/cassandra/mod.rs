@@ -62,7 +62,9 @@ use crate::{
 };
 use relay::{Codecs, Inbound, Relay};
 
-/// Everything a CQL listener needs to serve its clients.
+/// Everything a CQL listener needs to serve its clients (cloned per identity by per-pod
+/// identity, with its own user, credential and schema control).
+#[derive(Clone)]
 pub struct CassandraService<C = Upstream> {
     /// The listener's name, for logs.
     pub name: String,

@@ -56,7 +56,9 @@ use crate::{
 };
 use startup::ClientStart;
 
-/// Everything a PostgreSQL listener needs to serve its clients.
+/// Everything a PostgreSQL listener needs to serve its clients (cloned per identity by
+/// per-pod identity, with its own user and credential).
+#[derive(Clone)]
 pub struct PostgresService<C = PostgresUpstream> {
     /// The listener's name, for logs.
     pub name: String,
