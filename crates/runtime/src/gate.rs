@@ -171,3 +171,148 @@ impl<S: Send + Sync + 'static> Admission<S> for UidAllowlist<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::atomic::Ordering, time::Duration};
+
+    use bytes::BytesMut;
+    use dbproxy_cassandra::{PreparedStatements, SupportedOptions, Topology};
+    use dbproxy_postgres::{ProtocolVersion, messages as pgmsg, startup::StartupMessage};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{
+        cassandra::CassandraService,
+        metrics::ListenerMetrics,
+        postgres::PostgresService,
+        testutil::{MemoryUpstream, ScriptedPasswords},
+    };
+
+    /// Refuses everyone (a pod outside the policy).
+    struct Nobody;
+
+    #[async_trait::async_trait]
+    impl<S: Send + Sync + 'static> Admission<S> for Nobody {
+        async fn admit(&self, _: &Peer) -> Result<Admitted<S>, NotAdmitted> {
+            Err(NotAdmitted {
+                message: "entra-db-proxy: pod shop/x may not use listener \"l\"".into(),
+                identity: Some("shop/x".into()),
+                reason: "policy",
+            })
+        }
+    }
+
+    async fn read_all(app: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut out)).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn a_refused_postgres_client_gets_28000_and_no_upstream() {
+        let (upstream, _servers) = MemoryUpstream::new();
+        let connects = upstream.connects.clone();
+        let svc = Arc::new(PostgresService {
+            name: "l".into(),
+            upstream,
+            user: "u".into(),
+            default_database: None,
+            credential: ScriptedPasswords::new(&["pw"]),
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            metrics: ListenerMetrics::detached("l", "postgres"),
+            local_tls: None,
+        });
+        let gated = Arc::new(Gated {
+            fallback: svc,
+            admission: Arc::new(Nobody),
+            metrics: IdentityMetrics::unregistered("l"),
+        });
+        let (mut app, proxy_side) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(gated.serve(ClientStream::Memory(proxy_side), "m".into()));
+        let mut msg = StartupMessage::new(ProtocolVersion::V3_0);
+        msg.set("user", "app");
+        let mut buf = BytesMut::new();
+        pgmsg::startup_message(&msg, &mut buf).unwrap();
+        app.write_all(&buf).await.unwrap();
+        let out = read_all(&mut app).await;
+        task.await.unwrap();
+        assert_eq!(out.first(), Some(&b'E'), "{out:?}");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("C28000"), "{text}");
+        assert!(text.contains("may not use listener"), "{text}");
+        assert_eq!(connects.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_cql_client_gets_bad_credentials_on_its_startup_stream() {
+        let (upstream, _servers) = MemoryUpstream::new();
+        let connects = upstream.connects.clone();
+        let svc = Arc::new(CassandraService {
+            name: "l".into(),
+            upstream,
+            username: "acct".into(),
+            credential: ScriptedPasswords::new(&["pw"]),
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            metrics: ListenerMetrics::detached("l", "cassandra"),
+            max_version: 4,
+            supported: SupportedOptions::default(),
+            topology: Topology {
+                listen: ([127, 0, 0, 1], 9042).into(),
+                host_id: uuid::Uuid::nil(),
+                data_center: None,
+                rack: None,
+            },
+            prepared: PreparedStatements::new(),
+            local_tls: None,
+            schema: Default::default(),
+            max_frame_size: crate::cassandra::DEFAULT_MAX_FRAME_SIZE,
+        });
+        let gated = Arc::new(Gated {
+            fallback: svc,
+            admission: Arc::new(Nobody),
+            metrics: IdentityMetrics::unregistered("l"),
+        });
+        let (mut app, proxy_side) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(gated.serve(ClientStream::Memory(proxy_side), "m".into()));
+        let startup = dbproxy_cassandra::messages::startup_frame(4, 7, &[("CQL_VERSION", "3.0.0")])
+            .to_bytes();
+        app.write_all(&startup).await.unwrap();
+        let out = read_all(&mut app).await;
+        task.await.unwrap();
+        // ERROR (opcode 0) on stream 7, code 0x0100 (bad credentials), the reason as message.
+        assert!(out.len() > 13, "{out:?}");
+        assert_eq!(i16::from_be_bytes([out[2], out[3]]), 7);
+        assert_eq!(out[4], 0x00);
+        assert_eq!(&out[9..13], &0x0100i32.to_be_bytes());
+        assert!(String::from_utf8_lossy(&out).contains("may not use listener"));
+        assert_eq!(connects.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn uid_allowlist() {
+        let a = UidAllowlist {
+            service: Arc::new(()),
+            uids: vec![1000],
+        };
+        assert!(a.admit(&Peer::Unix { uid: Some(1000) }).await.is_ok());
+        let e = a
+            .admit(&Peer::Unix { uid: Some(1001) })
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("uid 1001 may not use this listener"),
+            "{}",
+            e.message
+        );
+        assert!(a.admit(&Peer::Unix { uid: None }).await.is_err());
+        assert!(
+            a.admit(&Peer::Tcp(([127, 0, 0, 1], 1).into()))
+                .await
+                .is_err()
+        );
+    }
+}
