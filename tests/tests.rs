@@ -31,6 +31,9 @@ mod hostile;
 mod in_process;
 /// Probes, metrics, connection cap, `check`, idle timeout, shutdown.
 mod ops;
+/// Per-pod identity (DaemonSet mode): pods told apart by source IP, each logging in as its own
+/// workload identity; refusals; the Kubernetes API down; uid allowlists on Unix sockets.
+mod pod_identity;
 /// No secret in a full trace-level log.
 mod secrets;
 /// Token lifetime: refresh, expiry mid-run, rejection and retry, large tokens.

@@ -37,6 +37,8 @@ use dbproxy_runtime::{
 use dbproxy_tls::Trust;
 use rustls_pki_types::ServerName;
 
+use crate::identity::{self, Cluster, PodTableStatus};
+
 use crate::config::{
     CassandraPassword, ClientTlsMode, Config, EnvSnapshot, ListenerConfig, Protocol,
 };
@@ -70,9 +72,44 @@ impl Prepared {
     }
 }
 
+/// What `check` needs of a prepared listener with pod identity.
+pub(crate) trait HasServices {
+    /// The pods of the node as the listener would treat them.
+    fn seen(
+        &self,
+        l: &ListenerConfig,
+        cx: &identity::Context_<'_>,
+    ) -> impl std::future::Future<Output = anyhow::Result<Vec<dbproxy_kubernetes::SeenIdentity>>>;
+}
+
+impl HasServices for Prepared {
+    async fn seen(
+        &self,
+        l: &ListenerConfig,
+        cx: &identity::Context_<'_>,
+    ) -> anyhow::Result<Vec<dbproxy_kubernetes::SeenIdentity>> {
+        let ids = dbproxy_runtime::IdentityMetrics::unregistered(&l.name);
+        Ok(match self {
+            Prepared::Postgres(s) => match identity::gate(l, s.clone(), cx, ids)? {
+                Some((_, Some(p))) => p.seen().await,
+                _ => Vec::new(),
+            },
+            Prepared::Cassandra(s) => match identity::gate(l, s.clone(), cx, ids)? {
+                Some((_, Some(p))) => p.seen().await,
+                _ => Vec::new(),
+            },
+        })
+    }
+}
+
 /// Builds credentials and services for every listener; credential refreshers start at once,
 /// so the first token (or key) is usually there before the first client.
-fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Result<Vec<Prepared>> {
+fn prepare(
+    config: &Config,
+    env: EnvSnapshot,
+    metrics: &Metrics,
+    cluster: Option<&Cluster>,
+) -> anyhow::Result<(Vec<Prepared>, Outbound)> {
     let http_trust = Trust::new(config.ca_file.as_deref()).context("outbound TLS trust")?;
     let http = http_trust
         .http_client_with_timeout(config.credential_timeout)
@@ -98,6 +135,11 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
             Ok(cache)
         };
         let password: Arc<dyn PasswordSource> = match l.cassandra.as_ref().map(|c| &c.password) {
+            // Each pod identity has its own credential (crate::identity).
+            _ if l.pod_identity.is_some() => match cluster {
+                Some(c) => Arc::new(PodTableStatus(c.table.clone())),
+                None => anyhow::bail!("listener {}: pod identity without a cluster", l.name),
+            },
             None | Some(CassandraPassword::Token) => token()?,
             Some(CassandraPassword::CosmosKeys { list_keys_url, key }) => {
                 let keys = CosmosKeySource::new(
@@ -196,7 +238,35 @@ fn prepare(config: &Config, env: EnvSnapshot, metrics: &Metrics) -> anyhow::Resu
             }
         });
     }
-    Ok(prepared)
+    let outbound = Outbound {
+        http,
+        credentials: cred_options,
+        refresh: policy,
+    };
+    Ok((prepared, outbound))
+}
+
+/// What credentials built later (per pod identity) share with the listeners'.
+struct Outbound {
+    http: reqwest::Client,
+    credentials: CredentialOptions,
+    refresh: RefreshPolicy,
+}
+
+impl Outbound {
+    fn context<'a>(
+        &'a self,
+        config: &'a Config,
+        cluster: Option<&'a Cluster>,
+    ) -> identity::Context_<'a> {
+        identity::Context_ {
+            config,
+            cluster,
+            credentials: &self.credentials,
+            refresh: &self.refresh,
+            http: &self.http,
+        }
+    }
 }
 
 fn upstream(l: &ListenerConfig, config: &Config, trust: &Trust) -> anyhow::Result<Upstream> {
@@ -285,7 +355,9 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
     dbproxy_tls::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let prepared = prepare(&config, config.env.clone(), &metrics)?;
+    let cluster = Cluster::start(&config)?;
+    let (prepared, outbound) = prepare(&config, config.env.clone(), &metrics, cluster.as_ref())?;
+    let cx = outbound.context(&config, cluster.as_ref());
 
     let shutdown = Shutdown::default();
     let mut listen_addrs = Vec::new();
@@ -296,15 +368,21 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
         };
         metrics.credential(&l.name, status.clone());
         health.add_credential(&l.name, status);
+        let ids = metrics.identities(&l.name);
+        let gated = l.pod_identity.is_some() || !l.allow_uids.is_empty();
         let addr = match p {
-            Prepared::Postgres(s) => {
-                let addr = bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?;
-                s.spawn_warm(shutdown.stop_accepting.clone());
-                addr
-            }
-            Prepared::Cassandra(s) => {
-                bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?
-            }
+            Prepared::Postgres(s) => match identity::gate(l, s.clone(), &cx, ids)? {
+                Some((g, _)) => bind(l, g, s.metrics.clone(), &health, &shutdown).await?,
+                None => {
+                    let addr = bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?;
+                    s.spawn_warm(shutdown.stop_accepting.clone());
+                    addr
+                }
+            },
+            Prepared::Cassandra(s) => match identity::gate(l, s.clone(), &cx, ids)? {
+                Some((g, _)) => bind(l, g, s.metrics.clone(), &health, &shutdown).await?,
+                None => bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?,
+            },
         };
         tracing::info!(
             listener = %l.name,
@@ -317,7 +395,7 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
             warm_sessions = l.warm_sessions,
             "listening"
         );
-        if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
+        if !gated && matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
             tracing::warn!(listener = %l.name, addr = %addr, "listening beyond loopback: anyone who can reach this address uses the database as {}", l.user);
         }
         listen_addrs.push((l.name.clone(), addr));
@@ -416,11 +494,27 @@ async fn bind<S: Service>(
 pub async fn check(config: Config) -> anyhow::Result<bool> {
     dbproxy_tls::install_crypto_provider();
     let metrics = Metrics::new();
-    let prepared = prepare(&config, config.env.clone(), &metrics)?;
+    let cluster = Cluster::start(&config)?;
+    let (prepared, outbound) = prepare(&config, config.env.clone(), &metrics, cluster.as_ref())?;
+    let cx = outbound.context(&config, cluster.as_ref());
     let mut rows = Vec::new();
+    let mut seen = Vec::new();
     let mut all_ok = true;
     for (p, l) in prepared.iter().zip(&config.listeners) {
-        let result = p.check().await;
+        let result = match (&cluster, l.pod_identity.is_some()) {
+            (Some(c), true) => {
+                let found = identity::check(l, p, c, &cx, &config).await;
+                match found {
+                    Ok(mut rows) => {
+                        let n = rows.len();
+                        seen.append(&mut rows);
+                        Ok(format!("{n} pods seen on node {}", c.table.node()))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => p.check().await,
+        };
         all_ok &= result.is_ok();
         rows.push([
             l.name.clone(),
@@ -437,6 +531,13 @@ pub async fn check(config: Config) -> anyhow::Result<bool> {
         &["LISTENER", "PROTOCOL", "UPSTREAM", "CREDENTIAL", "RESULT"],
         &rows,
     );
+    if !seen.is_empty() {
+        println!();
+        print_table(
+            &["LISTENER", "POD", "SERVICE ACCOUNT", "IP", "IDENTITY"],
+            &seen,
+        );
+    }
     Ok(all_ok)
 }
 

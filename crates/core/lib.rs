@@ -22,11 +22,13 @@
 //!   an `ENTRA_DB_PROXY_*` variable) and Service Connector's environment variables.
 //! - [`Proxy`], [`run`], [`check`] (in `app.rs`): credentials and listeners built from the
 //!   config, run until a shutdown future resolves.
+//! - `identity.rs`: listeners that check who connects (per-pod identity, uid allowlists).
 //! - [`logging`]: the `tracing` subscriber the binary installs; [`limits`]: the open-file
 //!   limit raised at start.
 
 mod app;
 pub mod config;
+mod identity;
 pub mod limits;
 pub mod logging;
 

@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub unix_socket_mode: Option<String>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<FileListener>,
+    pub kubernetes: Option<super::pod_identity::FileKubernetes>,
 }
 
 /// One `[[listener]]`.
@@ -57,6 +58,8 @@ pub struct FileListener {
     protocol: Protocol,
     listen: Option<String>,
     upstream: String,
+    /// Optional with pod_identity (the user then comes from the service account).
+    #[serde(default)]
     user: String,
     database: Option<String>,
     scope: Option<String>,
@@ -85,6 +88,9 @@ pub struct FileListener {
     credential: CredentialInput,
     #[serde(default)]
     tls: FileTls,
+    pod_identity: Option<super::pod_identity::PodIdentityConfig>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +174,8 @@ impl FileListener {
             },
             client_tls: self.client_tls,
             client_tls_mode: self.client_tls_mode,
+            pod_identity: self.pod_identity,
+            allow_uids: self.allow_uids,
         })
     }
 }

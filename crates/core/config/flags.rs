@@ -255,6 +255,65 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_MIN_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = duration::parse)]
     pub min_shutdown_delay: Option<Duration>,
 
+    /// Per-pod identity (DaemonSet): the service accounts that may use the flags' listeners, NAMESPACE/SERVICEACCOUNT or NAMESPACE/*, comma-separated; setting it turns the mode on. Each pod is identified by its source IP among this node's pods and logs in as its service account's Entra identity (annotation azure.workload.identity/client-id) and database user (annotation entra-db-proxy.io/postgres-user or entra-db-proxy.io/cassandra-user, or --pod-identity-user).
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_POD_IDENTITY_ALLOW",
+        value_name = "NS/SA,…",
+        value_delimiter = ','
+    )]
+    pub pod_identity_allow: Vec<String>,
+
+    /// Per-pod identity: the database user of a service account, NAMESPACE/SERVICEACCOUNT=USER (comma-separated or repeated); wins over its annotation.
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_POD_IDENTITY_USER",
+        value_name = "NS/SA=USER",
+        value_delimiter = ','
+    )]
+    pub pod_identity_user: Vec<String>,
+
+    /// Per-pod identity: the tenant of service accounts without the annotation azure.workload.identity/tenant-id [default: AZURE_TENANT_ID].
+    #[arg(long, env = "ENTRA_DB_PROXY_POD_IDENTITY_TENANT_ID", value_name = "ID")]
+    pub pod_identity_tenant_id: Option<String>,
+
+    /// Per-pod identity: at most this many identities (token caches) per listener; the least recently used goes first [default: 256].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_POD_IDENTITY_MAX_IDENTITIES",
+        value_name = "N"
+    )]
+    pub pod_identity_max_identities: Option<usize>,
+
+    /// Per-pod identity: this node's name (the downward API's spec.nodeName); only this node's pods are admitted.
+    #[arg(long, env = "ENTRA_DB_PROXY_NODE_NAME", value_name = "NODE")]
+    pub node_name: Option<String>,
+
+    /// Per-pod identity: the Kubernetes API server [default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
+    #[arg(long, env = "ENTRA_DB_PROXY_KUBERNETES_API", value_name = "URL")]
+    pub kubernetes_api: Option<String>,
+
+    /// Per-pod identity: the proxy's own service-account token, re-read on each request [default: /var/run/secrets/kubernetes.io/serviceaccount/token].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_KUBERNETES_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub kubernetes_token_file: Option<PathBuf>,
+
+    /// Per-pod identity: the cluster CA [default: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt].
+    #[arg(long, env = "ENTRA_DB_PROXY_KUBERNETES_CA_FILE", value_name = "FILE")]
+    pub kubernetes_ca_file: Option<PathBuf>,
+
+    /// Unix-socket listeners: only these client uids (SO_PEERCRED) are admitted, comma-separated; others are refused with an authentication error.
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_ALLOW_UID",
+        value_name = "UID,…",
+        value_delimiter = ','
+    )]
+    pub allow_uid: Vec<u32>,
+
     /// Log format; the level comes from RUST_LOG (e.g. `info`, `debug`, `entra_db_proxy=trace`).
     #[arg(long, env = "ENTRA_DB_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -30,6 +30,9 @@ pub fn override_file_listener(flags: &Flags, s: &mut ListenerSettings) {
     // The file's own certificate wins over the flags' (it is the more specific setting).
     s.client_tls = s.client_tls.take().or_else(|| client_tls(flags));
     s.client_tls_mode = flags.client_tls_mode.or(s.client_tls_mode);
+    if !flags.allow_uid.is_empty() {
+        s.allow_uids = flags.allow_uid.clone();
+    }
 }
 
 /// `--postgres-*` over `AZURE_POSTGRESQL_*`.
@@ -46,7 +49,14 @@ fn postgres(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<ListenerS
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return Ok(None);
     };
-    let user = flags.postgres_user.clone().or(sc.user).with_context(|| {
+    let pod_identity = super::pod_identity::from_flags(flags)?;
+    let user = flags.postgres_user.clone().or(sc.user);
+    let user = if pod_identity.is_some() {
+        Some(user.unwrap_or_default())
+    } else {
+        user
+    };
+    let user = user.with_context(|| {
         format!("no Entra user to log in to {host} as: set --postgres-user (ENTRA_DB_PROXY_POSTGRES_USER) or AZURE_POSTGRESQL_USER")
     })?;
     Ok(Some(ListenerSettings {
@@ -69,6 +79,8 @@ fn postgres(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<ListenerS
         cql: CqlSettings::default(),
         client_tls: client_tls(flags),
         client_tls_mode: flags.client_tls_mode,
+        pod_identity,
+        allow_uids: flags.allow_uid.clone(),
     }))
 }
 
@@ -134,6 +146,8 @@ fn cassandra(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Listener
         cql,
         client_tls: client_tls(flags),
         client_tls_mode: flags.client_tls_mode,
+        pod_identity: super::pod_identity::from_flags(flags)?,
+        allow_uids: flags.allow_uid.clone(),
     }))
 }
 

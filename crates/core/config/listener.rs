@@ -72,6 +72,10 @@ pub struct ListenerSettings {
     pub client_tls: Option<ClientTlsConfig>,
     /// `disable` turns the self-signed offer off; `require` needs `client_tls`.
     pub client_tls_mode: Option<ClientTlsMode>,
+    /// Per-pod identity.
+    pub pod_identity: Option<super::pod_identity::PodIdentityConfig>,
+    /// Unix socket: uids admitted.
+    pub allow_uids: Vec<u32>,
 }
 
 /// The CQL part of [`ListenerSettings`].
@@ -170,7 +174,7 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             ),
         }
     }
-    if s.user.is_empty() {
+    if s.user.is_empty() && s.pod_identity.is_none() {
         match origin {
             Origin::File => bail!("user: expected the Entra user name to log in as"),
             Origin::Flags => bail!("{}: expected the user name to log in as", flag("user")),
@@ -225,6 +229,13 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             humantime::format_duration(age)
         );
     }
+    if s.warm_sessions.unwrap_or(0) > 0 && s.pod_identity.is_some() {
+        bail!(
+            "{warm_key}: warm sessions are logged in ahead as the listener's one user; with pod \
+             identity each client logs in as its own, so the two cannot be combined"
+        );
+    }
+    super::pod_identity::validate(&listen, s.pod_identity.as_ref(), &s.allow_uids)?;
     let cassandra = match s.protocol {
         Protocol::Postgres => {
             for (key, set) in cql_only_keys(&s.cql) {
@@ -289,6 +300,8 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             .unwrap_or(dbproxy_runtime::postgres::warm::DEFAULT_MAX_AGE),
         cassandra,
         client_tls_self_signed: s.client_tls_mode != Some(ClientTlsMode::Disable),
+        pod_identity: s.pod_identity,
+        allow_uids: s.allow_uids,
         client_tls: s.client_tls,
     })
 }

@@ -21,6 +21,7 @@ pub mod file;
 pub mod flags;
 pub mod from_flags;
 pub mod listener;
+pub mod pod_identity;
 pub mod service_connector;
 pub mod size;
 #[cfg(test)]
@@ -157,6 +158,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Close sessions idle this long.
     pub idle_timeout: Option<Duration>,
+    /// The Kubernetes API, for listeners with pod identity.
+    pub kubernetes: pod_identity::KubernetesConfig,
     /// The environment the configuration was read from; the credentials read it too
     /// (`Debug` shows variable names only).
     pub env: EnvSnapshot,
@@ -200,6 +203,10 @@ pub struct ListenerConfig {
     /// TLS between clients and the proxy with a self-signed certificate, when none is
     /// configured (unless disabled).
     pub client_tls_self_signed: bool,
+    /// Per-pod identity (off: `None`).
+    pub pod_identity: Option<pod_identity::PodIdentityConfig>,
+    /// Unix socket: the uids admitted (empty: everyone who can open the socket).
+    pub allow_uids: Vec<u32>,
 }
 
 /// TLS between clients and the proxy (files are reloaded when they change).
@@ -372,6 +379,10 @@ impl Config {
                 0,
             ))
             .filter(|d| !d.is_zero()),
+            kubernetes: pod_identity::KubernetesConfig::merge(
+                flags,
+                file_cfg.and_then(|f| f.kubernetes.as_ref()),
+            )?,
             env: env.clone(),
         })
     }

@@ -129,8 +129,45 @@ fn the_example_file_parses_with_every_listener_uncommented() {
     let protocols: Vec<_> = c.listeners.iter().map(|l| l.protocol).collect();
     assert_eq!(
         protocols,
-        [Protocol::Postgres, Protocol::Postgres, Protocol::Cassandra]
+        [
+            Protocol::Postgres,
+            Protocol::Postgres,
+            Protocol::Cassandra,
+            Protocol::Postgres
+        ]
     );
+    let pods = c.listeners[3].pod_identity.as_ref().unwrap();
+    assert_eq!(pods.allow, ["shop/*", "batch/reports"]);
+    assert_eq!(pods.users["batch/reports"], "reports_ro");
+}
+
+#[test]
+fn pod_identity_settings_are_checked() {
+    let bad = |toml: &str| {
+        let p = write("pod-identity.toml", toml);
+        format!(
+            "{:#}",
+            Config::load(
+                &flags(&["--config", p.to_str().unwrap()]),
+                &EnvSnapshot::default()
+            )
+            .unwrap_err()
+        )
+    };
+    let e = bad(
+        "[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\npod_identity = { allow = [\"Shop\"] }\n",
+    );
+    assert!(e.contains("allow entry \"Shop\""), "{e}");
+    let e = bad(
+        "[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\nlisten = \"/tmp/x.sock\"\npod_identity = { allow = [\"shop/*\"] }\n",
+    );
+    assert!(e.contains("needs a TCP listener"), "{e}");
+    let e = bad(
+        "[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\nuser = \"u\"\nallow_uids = [1]\n",
+    );
+    assert!(e.contains("only for Unix-socket listeners"), "{e}");
+    let e = bad("[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\n");
+    assert!(e.contains("user"), "{e}");
 }
 
 #[test]

@@ -43,6 +43,8 @@ enum ClientCredential {
     Secret(Secret),
     Certificate(PathBuf),
     FederatedTokenFile(PathBuf),
+    /// A federated assertion from elsewhere (per-pod identity: a TokenRequest).
+    Assertion(std::sync::Arc<dyn crate::federated::AssertionSource>),
 }
 
 /// A token source backed by the Entra v2 token endpoint.
@@ -200,11 +202,24 @@ impl EntraSource {
         }
     }
 
+    /// Workload identity with the assertion from `assertion` (fetched on every acquisition).
+    pub(crate) fn federated(
+        tenant_id: &str,
+        client_id: &str,
+        assertion: std::sync::Arc<dyn crate::federated::AssertionSource>,
+        opts: &CredentialOptions,
+    ) -> Result<Self, CredentialError> {
+        let c = ClientCredential::Assertion(assertion);
+        Self::new(tenant_id, client_id, c, opts, "workload identity")
+    }
+
     fn label(&self) -> &'static str {
         match self.credential {
             ClientCredential::Secret(_) => "client secret",
             ClientCredential::Certificate(_) => "client certificate",
-            ClientCredential::FederatedTokenFile(_) => "workload identity",
+            ClientCredential::FederatedTokenFile(_) | ClientCredential::Assertion(_) => {
+                "workload identity"
+            }
         }
     }
 
@@ -216,14 +231,14 @@ impl EntraSource {
             ClientCredential::Certificate(_) => {
                 "check the tenant id, the client id and that this certificate is registered on the app"
             }
-            ClientCredential::FederatedTokenFile(_) => {
+            ClientCredential::FederatedTokenFile(_) | ClientCredential::Assertion(_) => {
                 "check the tenant id, the client id and the identity's federated credential (issuer and subject system:serviceaccount:<namespace>:<name>)"
             }
         }
     }
 
     /// The assertion or secret to send (read fresh every time).
-    fn proof(&self, now: SystemTime) -> Result<(&'static str, Secret), CredentialError> {
+    async fn proof(&self, now: SystemTime) -> Result<(&'static str, Secret), CredentialError> {
         match &self.credential {
             ClientCredential::Secret(s) => Ok(("client_secret", s.clone())),
             ClientCredential::Certificate(path) => {
@@ -252,6 +267,7 @@ impl EntraSource {
                 }
                 Ok(("client_assertion", Secret::new(token)))
             }
+            ClientCredential::Assertion(a) => Ok(("client_assertion", a.assertion().await?)),
         }
     }
 }
@@ -263,6 +279,7 @@ impl TokenSource for EntraSource {
             ClientCredential::Secret(_) => String::new(),
             ClientCredential::Certificate(p) => format!(", certificate={}", p.display()),
             ClientCredential::FederatedTokenFile(p) => format!(", token_file={}", p.display()),
+            ClientCredential::Assertion(a) => format!(", assertion={}", a.describe()),
         };
         format!(
             "{} (tenant={}, client_id={}{extra})",
@@ -274,7 +291,7 @@ impl TokenSource for EntraSource {
 
     async fn get_token(&self, scope: &str) -> Result<AccessToken, CredentialError> {
         let now = SystemTime::now();
-        let (field, proof) = self.proof(now)?;
+        let (field, proof) = self.proof(now).await?;
         let mut form: Vec<(&str, &str)> = vec![
             ("client_id", &self.client_id),
             ("grant_type", "client_credentials"),

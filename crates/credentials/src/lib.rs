@@ -26,6 +26,8 @@
 //! * `source` — the [`TokenSource`] trait, [`CredentialSpec`], [`CredentialOptions`], [`build`].
 //! * `managed_identity` — IMDS and App Service / Container Apps identity endpoints.
 //! * `entra` — Entra v2 token endpoint: client secret, client certificate, workload identity.
+//! * `federated` — [`AssertionSource`] and [`federated()`]: workload identity with an assertion
+//!   obtained per acquisition (per-pod identity: a Kubernetes TokenRequest).
 //! * `certificate` — RS256 client assertion JWTs signed with aws-lc-rs (no OpenSSL).
 //! * `cli` — `az account get-access-token`.
 //! * `chain` — the default chain (environment → workload identity → managed identity → CLI).
@@ -55,6 +57,7 @@ mod cosmos;
 mod entra;
 mod env;
 mod error;
+mod federated;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -72,6 +75,7 @@ pub use cache::{EXPIRY_MARGIN, FORCED_REFRESH_INTERVAL, Invalidated, TokenCache}
 pub use cosmos::{COSMOS_ARM_SCOPE, CosmosKeyKind, CosmosKeySource, DEFAULT_KEY_REFRESH};
 pub use env::Env;
 pub use error::{CredentialError, ErrorKind};
+pub use federated::{AssertionSource, federated};
 pub use password::PasswordSource;
 pub use password_file::PasswordFile;
 pub use refresh::{CacheStatus, RefreshPolicy};

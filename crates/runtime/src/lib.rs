@@ -18,6 +18,8 @@
 //!   in-memory streams) and [`Upstream`]: TCP connect with a timeout, TLS with the server name
 //!   verified.
 //! - [`relay`]: once logged in, plain bytes both ways until either side closes.
+//! - [`gate`]: admission by client identity (per-pod identity, Unix-socket uid allowlists)
+//!   in front of a protocol service.
 //! - [`escape`]: client-controlled text made safe for log lines.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the probe/metrics HTTP server.
 //!
@@ -29,6 +31,7 @@
 pub mod admin;
 pub mod cassandra;
 pub mod escape;
+pub mod gate;
 pub mod listener;
 pub mod local_tls;
 pub mod login;
@@ -44,9 +47,10 @@ mod testutil;
 
 pub use admin::{AdminServer, Health};
 pub use cassandra::CassandraService;
+pub use gate::{Admission, Admitted, Gated, NotAdmitted, Peer, Refuse, UidAllowlist};
 pub use listener::{ListenAddr, Listener, Shutdown};
 pub use local_tls::{LocalTls, LocalTlsMode};
-pub use metrics::{ListenerMetrics, Metrics};
+pub use metrics::{IdentityMetrics, ListenerMetrics, Metrics};
 pub use postgres::{PostgresService, PostgresUpstream, WarmPool, WarmSettings};
 pub use session::{CloseReason, SessionError};
 pub use stream::ClientStream;

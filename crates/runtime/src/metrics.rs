@@ -49,6 +49,22 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabels {
+    listener: String,
+    service_account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    listener: String,
+    service_account: String,
+    reason: String,
+}
+
+/// Distinct `service_account` label values per listener; later ones are counted as `other`.
+pub const MAX_IDENTITY_LABELS: usize = 100;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialLabels {
     listener: String,
 }
@@ -86,6 +102,8 @@ pub struct Metrics {
     expiry: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     last_success: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     credentials: Mutex<Vec<(String, StatusFn, CacheStatus)>>,
+    identity_sessions: Family<IdentityLabels, Counter>,
+    identity_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +134,8 @@ impl Metrics {
             expiry: Family::default(),
             last_success: Family::default(),
             credentials: Mutex::new(Vec::new()),
+            identity_sessions: Family::default(),
+            identity_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +218,16 @@ impl Metrics {
             "Unix time of the last successful acquisition",
             m.last_success.clone(),
         );
+        registry.register(
+            "identity_sessions",
+            "Clients admitted by a listener's identity check, by service account (pod identity) or uid; past the first 100 values per listener, service_account=\"other\"",
+            m.identity_sessions.clone(),
+        );
+        registry.register(
+            "identity_refusals",
+            "Clients refused by a listener's identity check, by service account (\"unknown\" when unidentified; past 100 values, \"other\") and reason",
+            m.identity_refusals.clone(),
+        );
         let start: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
         start.set(unix_seconds(SystemTime::now()));
         registry.register("start_time_seconds", "Unix time the process started", start);
@@ -231,6 +261,16 @@ impl Metrics {
             warm_misses: self.warm_misses.clone(),
             warm_discarded: self.warm_discarded.clone(),
             labels,
+        }
+    }
+
+    /// The per-identity counters of one listener.
+    pub fn identities(&self, listener: &str) -> IdentityMetrics {
+        IdentityMetrics {
+            listener: listener.to_owned(),
+            sessions: self.identity_sessions.clone(),
+            refusals: self.identity_refusals.clone(),
+            seen: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
     }
 
@@ -432,5 +472,93 @@ mod tests {
         // A second scrape does not double-count refreshes.
         let text = m.encode();
         assert!(text.contains("entra_db_proxy_credential_refreshes_total{listener=\"orders\"} 3"));
+    }
+}
+
+/// Sessions and refusals per identity of one listener. The `service_account` label takes the
+/// first [`MAX_IDENTITY_LABELS`] distinct values seen (plus `unknown`); any later one is
+/// counted as `other`, so a cluster with many service accounts cannot grow the registry
+/// without bound (label values never leave the registry once created).
+#[derive(Clone)]
+pub struct IdentityMetrics {
+    listener: String,
+    sessions: Family<IdentityLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    seen: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl IdentityMetrics {
+    /// Counters not registered anywhere (tests, embedding).
+    pub fn unregistered(listener: &str) -> IdentityMetrics {
+        Metrics::new().identities(listener)
+    }
+
+    fn label(&self, identity: &str) -> String {
+        if identity == "unknown" {
+            return identity.to_owned();
+        }
+        let Ok(mut seen) = self.seen.lock() else {
+            return "other".into();
+        };
+        if seen.contains(identity) {
+            identity.to_owned()
+        } else if seen.len() < MAX_IDENTITY_LABELS {
+            seen.insert(identity.to_owned());
+            identity.to_owned()
+        } else {
+            "other".into()
+        }
+    }
+
+    /// Counts an admitted client.
+    pub fn admitted(&self, identity: &str) {
+        let service_account = self.label(identity);
+        self.sessions
+            .get_or_create(&IdentityLabels {
+                listener: self.listener.clone(),
+                service_account,
+            })
+            .inc();
+    }
+
+    /// Counts a refused client.
+    pub fn refused(&self, identity: &str, reason: &str) {
+        let service_account = self.label(identity);
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                listener: self.listener.clone(),
+                service_account,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn identity_labels_are_bounded() {
+        let m = Metrics::new();
+        let ids = m.identities("pg");
+        for i in 0..(MAX_IDENTITY_LABELS + 20) {
+            ids.admitted(&format!("ns/sa-{i}"));
+        }
+        ids.refused("unknown", "unknown_pod");
+        let text = m.encode();
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("entra_db_proxy_identity_sessions_total{"))
+            .count();
+        assert_eq!(lines, MAX_IDENTITY_LABELS + 1, "{text}");
+        assert!(
+            text.contains(r#"entra_db_proxy_identity_sessions_total{listener="pg",service_account="other"} 20"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"service_account="unknown",reason="unknown_pod"} 1"#),
+            "{text}"
+        );
     }
 }

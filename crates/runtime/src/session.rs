@@ -70,6 +70,8 @@ pub enum CloseReason {
     Relay,
     /// A bug in the proxy (a poisoned lock).
     Internal,
+    /// The listener's identity check refused the client (unknown pod, policy, uid).
+    NotAdmitted,
 }
 
 /// How the end of a session is logged.
@@ -109,6 +111,7 @@ impl CloseReason {
             UpstreamRefused => "upstream_error",
             Relay => "relay",
             Internal => "internal",
+            NotAdmitted => "not_admitted",
         }
     }
 

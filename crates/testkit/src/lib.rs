@@ -13,6 +13,8 @@
 //! * [`azure`]: [`azure::FakeAzure`], one server that answers as IMDS, App Service managed
 //!   identity, the Entra ID v2 token endpoint, the `az` CLI (through a fake `az` script) and
 //!   ARM's Cosmos DB listKeys.
+//! * [`kubernetes`]: [`kubernetes::FakeKube`], the Kubernetes API of per-pod identity (pods by
+//!   node with watch, service accounts, TokenRequest signed by a test issuer).
 //! * [`util`]: temp dirs, free ports, the `postgres` system user.
 //!
 //! Every server binds 127.0.0.1 on a free port and owns a unique temp dir, so tests run in
@@ -21,6 +23,7 @@
 pub mod azure;
 pub mod cassandra;
 pub mod certs;
+pub mod kubernetes;
 pub mod postgres;
 pub mod tokens;
 pub mod util;

@@ -62,7 +62,9 @@ use crate::{
 };
 use relay::{Codecs, Inbound, Relay};
 
-/// Everything a CQL listener needs to serve its clients.
+/// Everything a CQL listener needs to serve its clients (cloned per identity by per-pod
+/// identity, with its own user, credential and schema control).
+#[derive(Clone)]
 pub struct CassandraService<C = Upstream> {
     /// The listener's name, for logs.
     pub name: String,
@@ -171,6 +173,39 @@ impl<C: Connector> Service for CassandraService<C> {
             let _ = session::write_all_timeout(&mut client, &e.reply).await;
         }
         let _ = client.shutdown().await;
+    }
+}
+
+impl<C: Connector> crate::gate::Refuse for CassandraService<C> {
+    async fn refuse(self: Arc<Self>, client: ClientStream, why: String) {
+        // The driver's OPTIONS is answered; its STARTUP gets an authentication error (0x0100),
+        // which drivers report as an authentication failure with this message.
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let labels = SessionLabels {
+            upstream: &self.upstream,
+            user: &self.username,
+            metrics: &self.metrics,
+        };
+        let mut client = match self.maybe_tls(client, deadline).await {
+            Ok(client) => client,
+            Err(e) => return session::finish::<ClientStream>(&labels, None, started, Err(e)).await,
+        };
+        let mut cbuf = BytesMut::with_capacity(1024);
+        let result = match self
+            .client_handshake(&mut client, &mut cbuf, deadline)
+            .await
+        {
+            Ok(startup) => Err(cql_error(
+                CloseReason::NotAdmitted,
+                startup.version,
+                startup.stream,
+                codes::BAD_CREDENTIALS,
+                why,
+            )),
+            Err(e) => Err(e),
+        };
+        session::finish(&labels, Some(&mut client), started, result).await;
     }
 }
 

@@ -61,7 +61,8 @@ use crate::{
 };
 use startup::ClientStart;
 
-/// Everything a PostgreSQL listener needs to serve its clients.
+/// Everything a PostgreSQL listener needs to serve its clients (made again per identity by
+/// per-pod identity, with its own user and credential, and no warm sessions).
 pub struct PostgresService<C: Connector = PostgresUpstream> {
     /// The listener's name, for logs.
     pub name: String,
@@ -88,6 +89,7 @@ pub struct PostgresService<C: Connector = PostgresUpstream> {
 
 const HINT_UPSTREAM: &str = "Check the listener's upstream host and port, DNS, and that the server's firewall admits this host.";
 const HINT_TLS: &str = "Check the upstream name the certificate must match (tls.server_name) and the trusted CAs (tls.ca_file, SSL_CERT_FILE, SSL_CERT_DIR).";
+const HINT_IDENTITY: &str = "The proxy identifies clients by pod (source IP) or uid; see the listener's pod_identity / allow_uids settings and the proxy's log.";
 const HINT_CREDENTIAL: &str = "Check the proxy's credential settings (--credential and its ids) and the proxy's log, which names the endpoint that failed.";
 
 /// A session error the client is told about with a FATAL ErrorResponse.
@@ -156,6 +158,33 @@ impl<C: Connector> Service for PostgresService<C> {
         if let Some(client) = client.as_mut() {
             let _ = session::write_all_timeout(client, &e.reply).await;
             let _ = client.shutdown().await;
+        }
+    }
+}
+
+impl<C: Connector> crate::gate::Refuse for PostgresService<C> {
+    async fn refuse(self: Arc<Self>, client: ClientStream, why: String) {
+        // Like a pg_hba.conf reject: read the startup first so that libpq shows the message.
+        let started = Instant::now();
+        let labels = SessionLabels {
+            upstream: &self.upstream,
+            user: &self.user,
+            metrics: &self.metrics,
+        };
+        match self.open(client).await {
+            Ok((client, ClientStart::Cancel(_))) => drop(client),
+            Ok((mut client, ClientStart::Startup { .. })) => {
+                let e = fatal(
+                    CloseReason::NotAdmitted,
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    why,
+                    Some(HINT_IDENTITY),
+                );
+                session::finish(&labels, Some(&mut client), started, Err(e)).await;
+            }
+            Err((mut client, e)) => {
+                session::finish(&labels, client.as_mut(), started, Err(e)).await
+            }
         }
     }
 }

@@ -5,6 +5,9 @@
 //! * `client_secret` equal to the configured secret;
 //! * `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` with
 //!   `client_assertion` equal to the configured federated token (workload identity);
+//! * the same with a Kubernetes service-account token matching one of the
+//!   [`FakeAzureConfig::federated_credentials`](super::FakeAzureConfig) of `client_id`
+//!   (issuer, subject, audience, signature, time: see [`super::federated`]);
 //! * the same with a certificate assertion: header `alg` RS256 + `x5t` (base64url SHA-1 of the
 //!   certificate) or PS256 + `x5t#S256`, signature valid for the configured certificate's key,
 //!   `aud` = this token URL (`127.0.0.1` or `localhost`), `iss` = `sub` = client_id, `exp` in the
@@ -39,11 +42,11 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 pub(crate) struct EntraError {
     status: StatusCode,
     error: &'static str,
-    code: u32,
+    pub(crate) code: u32,
     message: String,
 }
 
-fn err(
+pub(crate) fn err(
     status: StatusCode,
     error: &'static str,
     code: u32,
@@ -166,7 +169,11 @@ async fn token_inner(
     }
     let client_id = required("client_id")?;
     let scope = required("scope")?;
-    if !client_id.eq_ignore_ascii_case(&cfg.client_id) {
+    let federated_client = cfg
+        .federated_credentials
+        .iter()
+        .any(|c| c.client_id.eq_ignore_ascii_case(client_id));
+    if !client_id.eq_ignore_ascii_case(&cfg.client_id) && !federated_client {
         return Err(err(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -209,6 +216,9 @@ async fn token_inner(
             ));
         }
         if cfg.federated_token.as_deref() == Some(assertion) {
+            TokenSource::Federated
+        } else if federated_client {
+            super::federated::verify(assertion, client_id, &cfg.federated_credentials)?;
             TokenSource::Federated
         } else {
             let header = tokens::header(assertion).ok_or_else(|| {

@@ -23,8 +23,10 @@ pub mod arm;
 pub mod cli;
 pub mod entra;
 pub mod faults;
+pub mod federated;
 pub mod managed;
 mod server;
+pub(crate) use server::serve_https;
 
 use std::{
     future::Future,
@@ -54,6 +56,7 @@ use crate::{
 
 pub use arm::CosmosKeys;
 pub use faults::{ArmFault, Hang};
+pub use federated::FederatedCredential;
 
 /// What a [`FakeAzure`] accepts and how it issues tokens.
 #[derive(Clone, Debug)]
@@ -72,6 +75,9 @@ pub struct FakeAzureConfig {
     pub client_cert: Option<ClientCert>,
     /// The accepted workload-identity (federated) assertion, compared verbatim.
     pub federated_token: Option<String>,
+    /// Federated identity credentials (workload identity federation), each for its own
+    /// client id: assertions are checked as Entra checks them (see [`federated`]).
+    pub federated_credentials: Vec<FederatedCredential>,
     /// Whether the machine has a system-assigned managed identity. Default true.
     pub system_assigned: bool,
     /// Client id of the system-assigned identity (App Service returns it as `client_id`).
@@ -104,6 +110,7 @@ impl Default for FakeAzureConfig {
             client_secret: "Fk8Q~testkit.secret_3f9a1c7e5b2d4f6a8c0e".into(),
             client_cert: None,
             federated_token: None,
+            federated_credentials: Vec::new(),
             system_assigned: true,
             system_assigned_client_id: "9e1d2c3b-4a59-4687-8796-a5b4c3d2e1f0".into(),
             managed_identity_client_id: None,

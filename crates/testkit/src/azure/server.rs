@@ -110,3 +110,12 @@ pub(super) async fn serve(
         });
     }
 }
+
+/// The accept loop over TLS only (other fakes of the testkit).
+pub(crate) async fn serve_https(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    app: Router,
+) {
+    serve(listener, Some(tls), app).await
+}
