@@ -168,6 +168,10 @@ fn pod_identity_settings_are_checked() {
     assert!(e.contains("only for Unix-socket listeners"), "{e}");
     let e = bad("[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\n");
     assert!(e.contains("user"), "{e}");
+    let e = bad(
+        "[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\nwarm_sessions = 2\npod_identity = { allow = [\"shop/*\"] }\n",
+    );
+    assert!(e.contains("warm_sessions: warm sessions are logged in ahead"), "{e}");
 }
 
 #[test]
