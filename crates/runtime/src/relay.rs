@@ -3,8 +3,10 @@
 //! `tokio::io::copy_bidirectional` does the work; when one direction reaches end of stream it
 //! shuts the other side's write half down, so a client's Terminate and close propagate. The
 //! client stream is wrapped in [`Metered`], which counts bytes into the listener's metrics as
-//! they pass (so long sessions show up before they end) and notes the last activity for the
-//! optional idle timeout. Which side reached end of stream first is noted, so that the log
+//! they pass (so long sessions show up before they end) and counts its reads and writes for the
+//! optional idle timeout, which looks at that count every eighth of the timeout (no clock is
+//! read per message; a session closes between the timeout and an eighth more after its last
+//! byte). Which side reached end of stream first is noted, so that the log
 //! line and the metrics say whether the client or the upstream ended the session (a database
 //! restart ends sessions from the upstream side); an I/O error after that (writing to a side
 //! that has gone) is part of the same close, not a relay failure. A server that ends the session
@@ -125,15 +127,13 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let started = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(AtomicU64::new(0));
     let eof = Arc::new(EofMarks::new());
     let mut metered = Metered {
         inner: client,
         to_upstream: options.to_upstream,
         to_client: options.to_client,
-        started,
-        last_activity_ms: last.clone(),
+        activity: activity.clone(),
         moved: Transferred::default(),
         eof: eof.clone(),
     };
@@ -146,13 +146,16 @@ where
         let Some(limit) = options.idle_timeout else {
             return std::future::pending().await;
         };
+        let tick = (limit / 8).max(Duration::from_millis(1));
+        let (mut seen, mut since) = (activity.load(Ordering::Relaxed), Instant::now());
         loop {
-            let last_ms = last.load(Ordering::Relaxed);
-            let deadline = started + Duration::from_millis(last_ms) + limit;
-            if Instant::now() >= deadline {
+            tokio::time::sleep(tick).await;
+            let now = activity.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            } else if since.elapsed() >= limit {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
         }
     };
     let outcome = {
@@ -190,8 +193,8 @@ struct Metered<'a, C: ?Sized> {
     inner: &'a mut C,
     to_upstream: Counter,
     to_client: Counter,
-    started: Instant,
-    last_activity_ms: Arc<AtomicU64>,
+    /// Reads and writes that moved bytes (only this relay writes it: a load and a store).
+    activity: Arc<AtomicU64>,
     moved: Transferred,
     eof: Arc<EofMarks>,
 }
@@ -242,8 +245,8 @@ impl<U: AsyncWrite + Unpin + ?Sized> AsyncWrite for UpstreamEof<'_, U> {
 
 impl<C: ?Sized> Metered<'_, C> {
     fn touch(&self) {
-        self.last_activity_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let n = self.activity.load(Ordering::Relaxed);
+        self.activity.store(n.wrapping_add(1), Ordering::Relaxed);
     }
 }
 
@@ -408,6 +411,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(end, RelayEnd::UpstreamClosed);
+    }
+
+    /// Bytes moved restart the idle clock; the close comes within an eighth of the timeout
+    /// after it has run out (virtual time).
+    #[tokio::test(start_paused = true)]
+    async fn activity_defers_the_idle_close() {
+        let limit = Duration::from_secs(30);
+        let (mut client_app, mut server, relay) = spawn_relay(64, options(Some(limit)));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        client_app.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        let last = Instant::now();
+        let (_, end) = relay.await.unwrap();
+        let idle = last.elapsed();
+        assert_eq!(end, RelayEnd::Idle);
+        assert!(
+            idle >= limit && idle <= limit + limit / 8 + Duration::from_millis(10),
+            "closed after {idle:?} idle"
+        );
     }
 
     #[tokio::test(start_paused = true)]
