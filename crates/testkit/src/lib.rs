@@ -13,6 +13,9 @@
 //! * [`azure`]: [`azure::FakeAzure`], one server that answers as IMDS, App Service managed
 //!   identity, the Entra ID v2 token endpoint, the `az` CLI (through a fake `az` script) and
 //!   ARM's Cosmos DB listKeys.
+//! * [`cosmos`]: [`cosmos::CosmosStandin`], Cosmos DB for Apache Cassandra's behaviour (v4 only,
+//!   no compression, request-rate throttling, request charges, Entra RBAC logins) in front of
+//!   the real Cassandra.
 //! * [`util`]: temp dirs, free ports, the `postgres` system user.
 //!
 //! Every server binds 127.0.0.1 on a free port and owns a unique temp dir, so tests run in
@@ -21,6 +24,7 @@
 pub mod azure;
 pub mod cassandra;
 pub mod certs;
+pub mod cosmos;
 pub mod postgres;
 pub mod tokens;
 pub mod util;
