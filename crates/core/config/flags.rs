@@ -174,7 +174,7 @@ pub struct Flags {
     )]
     pub cassandra_cosmos_retry: Option<bool>,
 
-    /// Retries per throttled request [default: 5].
+    /// Retries per throttled request [default: 9].
     #[arg(
         long,
         env = "ENTRA_DB_PROXY_CASSANDRA_COSMOS_MAX_RETRIES",

@@ -335,7 +335,8 @@ fn cassandra_settings(host: &str, c: CqlSettings) -> anyhow::Result<CassandraSet
                 .context("password_file: required with password = \"file\"")?,
         ),
     };
-    let mut settings = CassandraSettings::defaults_for(host, password);
+    let cosmos = c.cosmos.unwrap_or_else(|| super::is_cosmos(host));
+    let mut settings = CassandraSettings::defaults_for(cosmos, password);
     if let Some(v) = c.max_protocol_version {
         if !(3..=5).contains(&v) {
             bail!("max_protocol_version: expected 3, 4 or 5, got {v}");
@@ -358,9 +359,6 @@ fn cassandra_settings(host: &str, c: CqlSettings) -> anyhow::Result<CassandraSet
             );
         }
         settings.max_frame_size = size;
-    }
-    if let Some(cosmos) = c.cosmos {
-        settings.cosmos = cosmos;
     }
     let retry_set = c.cosmos_retry.is_some()
         || c.cosmos_max_retries.is_some()

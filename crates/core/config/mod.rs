@@ -127,8 +127,8 @@ fn is_cosmos(host: &str) -> bool {
 }
 
 impl CassandraSettings {
-    fn defaults_for(host: &str, password: CassandraPassword) -> CassandraSettings {
-        let cosmos = is_cosmos(host);
+    /// The defaults for a Cosmos DB upstream (`cosmos`) or another Cassandra.
+    fn defaults_for(cosmos: bool, password: CassandraPassword) -> CassandraSettings {
         CassandraSettings {
             password,
             // Cosmos DB speaks v4 only and refuses compression.

@@ -15,8 +15,8 @@
 //!   [`FakeAzure::cosmos_login_check`](crate::azure::FakeAzure::cosmos_login_check). The
 //!   exact refusal texts of real Cosmos for tokens are not documented; these say what is wrong.
 //!   The stand-in then logs in to Cassandra itself with the account role's real password.
-//! * Throttling: a configurable fraction of QUERY / EXECUTE / BATCH requests (deterministic:
-//!   0.2 is every fifth, 1.0 every one) is answered with Cosmos's request-rate Overloaded
+//! * Throttling: a configurable fraction of QUERY / EXECUTE / BATCH requests (each drawn at
+//!   random; 1.0 is every one) is answered with Cosmos's request-rate Overloaded
 //!   (0x1001, `Request rate is large: ActivityID=…, RetryAfterMs=N, Additional details='…`)
 //!   and not forwarded.
 //! * Request charge: every RESULT carries a custom payload (flag 0x04) `{"RequestCharge":
@@ -61,7 +61,7 @@ pub struct CosmosConfig {
 
 #[derive(Default)]
 pub(crate) struct Stats {
-    /// (fraction, accumulator) of the deterministic throttle.
+    /// (fraction, unused) of the throttle.
     throttle: Mutex<(f64, f64)>,
     retry_after_ms: AtomicU64,
     throttled: AtomicU64,
@@ -74,10 +74,8 @@ pub(crate) struct Stats {
 impl Stats {
     /// True if this request is to be throttled.
     pub(crate) fn throttle_next(&self) -> bool {
-        let mut t = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
-        t.1 += t.0;
-        if t.1 >= 1.0 - 1e-9 {
-            t.1 -= 1.0;
+        let fraction = self.throttle.lock().unwrap_or_else(|p| p.into_inner()).0;
+        if fraction >= 1.0 || rand::random::<f64>() < fraction {
             self.throttled.fetch_add(1, Ordering::SeqCst);
             true
         } else {
