@@ -25,6 +25,8 @@ pub mod service_connector;
 pub mod size;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cosmos;
 
 use std::{
     net::SocketAddr,
