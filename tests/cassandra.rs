@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// A CA shared by the clusters (they are started once per test binary).
-fn ca() -> &'static TestCa {
+pub(crate) fn ca() -> &'static TestCa {
     static CA: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
     CA.get_or_init(|| TestCa::new("entra-db-proxy cassandra tests"))
 }

@@ -12,6 +12,9 @@ use std::{process::Stdio, time::Duration};
 
 use crate::{cassandra::Account, clients::python, util::Proxy};
 
+/// The same drivers through the Cosmos DB stand-in: throttling, request units, token mode.
+mod cosmos;
+
 /// How long one client program may run (10,000 rows on a shared 2-core machine, JVM start).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -65,10 +68,13 @@ async fn exec_client(
     keyspace: &str,
 ) -> ClientRun {
     let addr = proxy.addrs["cassandra"];
+    // A caller may ask for fewer rows.
+    if !cmd.as_std().get_envs().any(|(k, _)| k == "ROWS") {
+        cmd.env("ROWS", ROWS.to_string());
+    }
     cmd.env("AZURE_COSMOS_CONTACTPOINT", addr.ip().to_string())
         .env("AZURE_COSMOS_PORT", addr.port().to_string())
         .env("AZURE_COSMOS_KEYSPACE", keyspace)
-        .env("ROWS", ROWS.to_string())
         .env("FETCH_SIZE", "500")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -232,6 +232,10 @@ fn prepare(
                 local_tls,
                 schema: Default::default(),
                 max_frame_size: c.max_frame_size,
+                cosmos: c.cosmos.then(|| dbproxy_runtime::cassandra::Cosmos {
+                    retry: c.cosmos_retry,
+                    metrics: metrics.cosmos(&l.name),
+                }),
             })),
             (Protocol::Cassandra, None) => {
                 anyhow::bail!("listener {}: CQL settings missing", l.name)

@@ -34,6 +34,8 @@
 //! * `topology.rs` — [`TopologyRewriter`]: system tables and events.
 //! * `schema.rs` — schema agreement after DDL: spotting a SCHEMA_CHANGE result, the
 //!   `schema_version` queries and reading their answers.
+//! * `cosmos.rs` — Cosmos DB: its request-rate Overloaded, [`cosmos::RetryTracker`] (throttled
+//!   requests resent within a budget), the request charge of a response's custom payload.
 //! * `error.rs` — [`CqlError`], each with the CQL error code to answer the client with.
 //! * `wire.rs` (private) — the spec's primitive notations, bounds-checked.
 //! * `result.rs` (private) — a bounds-checked walk over RESULT Rows / Prepared metadata.
@@ -72,6 +74,7 @@
 #![warn(missing_docs)]
 
 mod compression;
+pub mod cosmos;
 mod error;
 pub mod frame;
 pub mod handshake;

@@ -81,6 +81,13 @@ pub struct FileListener {
     /// cassandra: the largest frame relayed, e.g. "16MiB" or 16777216.
     #[serde(default, deserialize_with = "size::deserialize")]
     max_frame_size: Option<usize>,
+    /// cassandra: the upstream is Cosmos DB (default: a *.cosmos.azure.com host).
+    cosmos: Option<bool>,
+    /// cassandra, Cosmos DB: resend throttled requests (default true).
+    cosmos_retry: Option<bool>,
+    cosmos_max_retries: Option<u32>,
+    #[serde(default, deserialize_with = "duration::deserialize")]
+    cosmos_max_retry_wait: Option<Duration>,
     client_tls: Option<ClientTlsConfig>,
     /// "disable" turns the self-signed TLS offer off when no client_tls is given.
     client_tls_mode: Option<ClientTlsMode>,
@@ -171,6 +178,10 @@ impl FileListener {
                 data_center: self.data_center,
                 compression: self.compression,
                 max_frame_size: self.max_frame_size,
+                cosmos: self.cosmos,
+                cosmos_retry: self.cosmos_retry,
+                cosmos_max_retries: self.cosmos_max_retries,
+                cosmos_max_retry_wait: self.cosmos_max_retry_wait,
             },
             client_tls: self.client_tls,
             client_tls_mode: self.client_tls_mode,

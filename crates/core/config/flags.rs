@@ -170,6 +170,30 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_MAX_FRAME_SIZE", value_name = "SIZE", value_parser = super::size::parse)]
     pub cassandra_max_frame_size: Option<usize>,
 
+    /// Treat the CQL upstream as Cosmos DB (throttling absorbed, request units counted) [default: true for *.cosmos.azure.com].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_COSMOS", value_name = "BOOL")]
+    pub cassandra_cosmos: Option<bool>,
+
+    /// Resend requests Cosmos DB throttles after its RetryAfterMs [default: true on Cosmos DB].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_COSMOS_RETRY",
+        value_name = "BOOL"
+    )]
+    pub cassandra_cosmos_retry: Option<bool>,
+
+    /// Retries per throttled request [default: 9].
+    #[arg(
+        long,
+        env = "ENTRA_DB_PROXY_CASSANDRA_COSMOS_MAX_RETRIES",
+        value_name = "N"
+    )]
+    pub cassandra_cosmos_max_retries: Option<u32>,
+
+    /// Longest total wait of a throttled request across its retries [default: 5s].
+    #[arg(long, env = "ENTRA_DB_PROXY_CASSANDRA_COSMOS_MAX_RETRY_WAIT", value_name = "DURATION", value_parser = duration::parse)]
+    pub cassandra_cosmos_max_retry_wait: Option<Duration>,
+
     /// How the proxy gets its Entra ID token [default: from Service Connector's variables, else the default chain].
     #[arg(
         long,

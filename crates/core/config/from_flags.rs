@@ -118,14 +118,23 @@ fn cassandra(flags: &Flags, env: &EnvSnapshot) -> anyhow::Result<Option<Listener
         data_center: flags.cassandra_data_center.clone(),
         compression: None,
         max_frame_size: flags.cassandra_max_frame_size,
+        cosmos: flags.cassandra_cosmos,
+        cosmos_retry: flags.cassandra_cosmos_retry,
+        cosmos_max_retries: flags.cassandra_cosmos_max_retries,
+        cosmos_max_retry_wait: flags.cassandra_cosmos_max_retry_wait,
     };
     // --scope is the PostgreSQL listener's; the CQL listener takes it only when its password
     // is the token itself (its default, ARM's scope, is right for listKeys).
-    let scope = sc.scope.or_else(|| {
-        (cql.password_kind() == CassandraPasswordKind::Token)
-            .then(|| flags.scope.clone())
-            .flatten()
-    });
+    // In token mode the token is the password: Service Connector's AZURE_COSMOS_SCOPE, ARM's
+    // (for listKeys), is not its audience; --scope, else Cosmos DB's data-plane scope.
+    let scope = if cql.password_kind() == CassandraPasswordKind::Token {
+        flags
+            .scope
+            .clone()
+            .or(sc.scope.filter(|s| !super::is_arm_scope(s)))
+    } else {
+        sc.scope
+    };
     Ok(Some(ListenerSettings {
         origin: Origin::Flags,
         name: "cassandra".into(),

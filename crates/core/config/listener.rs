@@ -14,9 +14,9 @@ use dbproxy_credentials::{CosmosKeyKind, CredentialSpec, Secret, UserAssignedId}
 use dbproxy_runtime::ListenAddr;
 
 use super::{
-    ARM_SCOPE, COSMOS_CASSANDRA_PORT, CassandraPassword, CassandraSettings, ClientTlsConfig,
-    ClientTlsMode, DEFAULT_CASSANDRA_LISTEN, DEFAULT_POSTGRES_LISTEN, EnvSnapshot, ListenerConfig,
-    POSTGRES_SCOPE, Protocol,
+    ARM_SCOPE, COSMOS_CASSANDRA_PORT, COSMOS_SCOPE, CassandraPassword, CassandraSettings,
+    ClientTlsConfig, ClientTlsMode, DEFAULT_CASSANDRA_LISTEN, DEFAULT_POSTGRES_LISTEN, EnvSnapshot,
+    ListenerConfig, POSTGRES_SCOPE, Protocol,
     flags::{CassandraPasswordKind, CredentialKind},
 };
 
@@ -97,6 +97,14 @@ pub struct CqlSettings {
     pub compression: Option<Vec<String>>,
     /// The largest frame relayed, in bytes, header included (default 16 MiB).
     pub max_frame_size: Option<usize>,
+    /// The upstream is Cosmos DB (default: a `*.cosmos.azure.com` host).
+    pub cosmos: Option<bool>,
+    /// Throttled requests resent (Cosmos DB; default on).
+    pub cosmos_retry: Option<bool>,
+    /// Retries per throttled request.
+    pub cosmos_max_retries: Option<u32>,
+    /// Longest total wait of a throttled request.
+    pub cosmos_max_retry_wait: Option<std::time::Duration>,
 }
 
 impl CqlSettings {
@@ -145,7 +153,7 @@ pub struct CredentialInput {
 }
 
 /// Keys that only CQL listeners take, with their value, as the file calls them.
-fn cql_only_keys(c: &CqlSettings) -> [(&'static str, bool); 8] {
+fn cql_only_keys(c: &CqlSettings) -> [(&'static str, bool); 12] {
     [
         ("password", c.password.is_some()),
         ("list_keys_url", c.list_keys_url.is_some()),
@@ -155,6 +163,10 @@ fn cql_only_keys(c: &CqlSettings) -> [(&'static str, bool); 8] {
         ("data_center", c.data_center.is_some()),
         ("compression", c.compression.is_some()),
         ("max_frame_size", c.max_frame_size.is_some()),
+        ("cosmos", c.cosmos.is_some()),
+        ("cosmos_retry", c.cosmos_retry.is_some()),
+        ("cosmos_max_retries", c.cosmos_max_retries.is_some()),
+        ("cosmos_max_retry_wait", c.cosmos_max_retry_wait.is_some()),
     ]
 }
 
@@ -264,6 +276,7 @@ pub fn build(s: ListenerSettings, env: &EnvSnapshot) -> anyhow::Result<ListenerC
             CassandraPassword::CosmosKeys { .. } | CassandraPassword::File(_) => {
                 ARM_SCOPE.to_owned()
             }
+            CassandraPassword::Token if c.cosmos => COSMOS_SCOPE.to_owned(),
             CassandraPassword::Token => match origin {
                 Origin::File => bail!(
                     "scope: required when password = \"token\" (the audience the Cassandra deployment accepts)"
@@ -369,7 +382,8 @@ fn cassandra_settings(host: &str, c: CqlSettings) -> anyhow::Result<CassandraSet
                 .context("password_file: required with password = \"file\"")?,
         ),
     };
-    let mut settings = CassandraSettings::defaults_for(host, password);
+    let cosmos = c.cosmos.unwrap_or_else(|| super::is_cosmos(host));
+    let mut settings = CassandraSettings::defaults_for(cosmos, password);
     if let Some(v) = c.max_protocol_version {
         if !(3..=5).contains(&v) {
             bail!("max_protocol_version: expected 3, 4 or 5, got {v}");
@@ -393,6 +407,27 @@ fn cassandra_settings(host: &str, c: CqlSettings) -> anyhow::Result<CassandraSet
         }
         settings.max_frame_size = size;
     }
+    let retry_set = c.cosmos_retry.is_some()
+        || c.cosmos_max_retries.is_some()
+        || c.cosmos_max_retry_wait.is_some();
+    if retry_set && !settings.cosmos {
+        bail!(
+            "cosmos_retry, cosmos_max_retries, cosmos_max_retry_wait: only for Cosmos DB upstreams (*.cosmos.azure.com, or cosmos = true)"
+        );
+    }
+    settings.cosmos_retry = match (settings.cosmos, c.cosmos_retry) {
+        (false, _) | (true, Some(false)) => None,
+        (true, _) => {
+            let mut p = dbproxy_cassandra::cosmos::RetryPolicy::default();
+            if let Some(n) = c.cosmos_max_retries {
+                p.max_retries = n;
+            }
+            if let Some(w) = c.cosmos_max_retry_wait {
+                p.max_wait = w;
+            }
+            Some(p)
+        }
+    };
     Ok(settings)
 }
 

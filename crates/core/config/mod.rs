@@ -27,6 +27,8 @@ pub mod size;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_cosmos;
+#[cfg(test)]
 mod warm_tests;
 
 use std::{
@@ -74,6 +76,16 @@ impl Protocol {
 
 /// Scope of ARM tokens (Cosmos DB listKeys).
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+/// Cosmos DB's data-plane scope: the audience of the token that is the CQL password in token
+/// mode (Entra RBAC).
+pub const COSMOS_SCOPE: &str = "https://cosmos.azure.com/.default";
+
+/// True for ARM's scope (either spelling of the management resource).
+fn is_arm_scope(s: &str) -> bool {
+    let s = s.trim_end_matches("/.default").trim_end_matches('/');
+    s.eq_ignore_ascii_case("https://management.azure.com")
+        || s.eq_ignore_ascii_case("https://management.core.windows.net")
+}
 /// Default local address of the CQL listener.
 pub const DEFAULT_CASSANDRA_LISTEN: &str = "127.0.0.1:9042";
 /// Cosmos DB for Apache Cassandra's port.
@@ -109,15 +121,19 @@ pub struct CassandraSettings {
     /// The largest CQL frame, header included, relayed either way (default 16 MiB,
     /// Cassandra's `native_transport_max_frame_size`).
     pub max_frame_size: usize,
+    /// The upstream is Cosmos DB: its throttling absorbed, its request units counted.
+    pub cosmos: bool,
+    /// How throttled requests are retried (None: off, or not Cosmos DB).
+    pub cosmos_retry: Option<dbproxy_cassandra::cosmos::RetryPolicy>,
 }
 
 fn is_cosmos(host: &str) -> bool {
-    host.to_ascii_lowercase().contains(".cosmos.")
+    dbproxy_cassandra::cosmos::is_cosmos_host(host)
 }
 
 impl CassandraSettings {
-    fn defaults_for(host: &str, password: CassandraPassword) -> CassandraSettings {
-        let cosmos = is_cosmos(host);
+    /// The defaults for a Cosmos DB upstream (`cosmos`) or another Cassandra.
+    fn defaults_for(cosmos: bool, password: CassandraPassword) -> CassandraSettings {
         CassandraSettings {
             password,
             // Cosmos DB speaks v4 only and refuses compression.
@@ -129,6 +145,8 @@ impl CassandraSettings {
                 vec!["lz4".into(), "snappy".into()]
             },
             max_frame_size: dbproxy_runtime::cassandra::DEFAULT_MAX_FRAME_SIZE,
+            cosmos,
+            cosmos_retry: cosmos.then(dbproxy_cassandra::cosmos::RetryPolicy::default),
         }
     }
 }

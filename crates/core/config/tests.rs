@@ -171,7 +171,10 @@ fn pod_identity_settings_are_checked() {
     let e = bad(
         "[[listener]]\nprotocol = \"postgres\"\nupstream = \"db\"\nwarm_sessions = 2\npod_identity = { allow = [\"shop/*\"] }\n",
     );
-    assert!(e.contains("warm_sessions: warm sessions are logged in ahead"), "{e}");
+    assert!(
+        e.contains("warm_sessions: warm sessions are logged in ahead"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -72,7 +72,10 @@ mod testutil;
 mod wire;
 
 pub use cache::{EXPIRY_MARGIN, FORCED_REFRESH_INTERVAL, Invalidated, TokenCache};
-pub use cosmos::{COSMOS_ARM_SCOPE, CosmosKeyKind, CosmosKeySource, DEFAULT_KEY_REFRESH};
+pub use cosmos::{
+    COSMOS_ARM_SCOPE, CosmosKeyKind, CosmosKeySource, DEFAULT_KEY_REFRESH, LOCAL_AUTH_HINT,
+    local_auth_disabled,
+};
 pub use env::Env;
 pub use error::{CredentialError, ErrorKind};
 pub use federated::{AssertionSource, federated};

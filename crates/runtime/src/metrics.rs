@@ -104,6 +104,32 @@ pub struct Metrics {
     credentials: Mutex<Vec<(String, StatusFn, CacheStatus)>>,
     identity_sessions: Family<IdentityLabels, Counter>,
     identity_refusals: Family<RefusalLabels, Counter>,
+    cosmos: CosmosFamilies,
+}
+
+/// Per-listener Cosmos DB families (label `listener`), filled only for Cosmos listeners.
+#[derive(Default)]
+struct CosmosFamilies {
+    request_units: Family<CredentialLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    throttled: Family<CredentialLabels, Counter>,
+    retried: Family<CredentialLabels, Counter>,
+    given_up: Family<CredentialLabels, Counter>,
+    wait: Family<CredentialLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// One Cosmos listener's metrics (cheap to clone).
+#[derive(Clone, Default)]
+pub struct CosmosMetrics {
+    /// Sum of the request charges Cosmos reported on responses.
+    pub request_units: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Responses that were Cosmos's request-rate Overloaded.
+    pub throttled: Counter,
+    /// Requests resent after a wait.
+    pub retried: Counter,
+    /// Rate-limit errors relayed to the client (budget spent, or the request not kept).
+    pub given_up: Counter,
+    /// Seconds spent waiting before retries.
+    pub wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -136,8 +162,34 @@ impl Metrics {
             credentials: Mutex::new(Vec::new()),
             identity_sessions: Family::default(),
             identity_refusals: Family::default(),
+            cosmos: CosmosFamilies::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "cosmos_request_units",
+            "Request units Cosmos DB charged, summed from the RequestCharge of its responses",
+            m.cosmos.request_units.clone(),
+        );
+        registry.register(
+            "cosmos_throttled",
+            "Responses that were Cosmos DB's request-rate Overloaded (429)",
+            m.cosmos.throttled.clone(),
+        );
+        registry.register(
+            "cosmos_retried",
+            "Throttled requests the proxy resent after Cosmos DB's RetryAfterMs",
+            m.cosmos.retried.clone(),
+        );
+        registry.register(
+            "cosmos_given_up",
+            "Throttled requests whose error reached the client (retry budget spent, or not kept)",
+            m.cosmos.given_up.clone(),
+        );
+        registry.register(
+            "cosmos_retry_wait_seconds",
+            "Seconds throttled requests waited before being resent",
+            m.cosmos.wait.clone(),
+        );
         registry.register(
             "connections_active",
             "Client connections open now",
@@ -271,6 +323,22 @@ impl Metrics {
             sessions: self.identity_sessions.clone(),
             refusals: self.identity_refusals.clone(),
             seen: Arc::new(Mutex::new(std::collections::HashSet::new())),
+        }
+    }
+
+    /// The Cosmos DB metrics of listener `name` (only Cosmos listeners call this, so the
+    /// families show no series for others).
+    pub fn cosmos(&self, name: &str) -> CosmosMetrics {
+        let l = CredentialLabels {
+            listener: name.to_owned(),
+        };
+        let c = &self.cosmos;
+        CosmosMetrics {
+            request_units: c.request_units.get_or_create(&l).clone(),
+            throttled: c.throttled.get_or_create(&l).clone(),
+            retried: c.retried.get_or_create(&l).clone(),
+            given_up: c.given_up.get_or_create(&l).clone(),
+            wait_seconds: c.wait.get_or_create(&l).clone(),
         }
     }
 

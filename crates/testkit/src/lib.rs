@@ -15,6 +15,9 @@
 //!   ARM's Cosmos DB listKeys.
 //! * [`kubernetes`]: [`kubernetes::FakeKube`], the Kubernetes API of per-pod identity (pods by
 //!   node with watch, service accounts, TokenRequest signed by a test issuer).
+//! * [`cosmos`]: [`cosmos::CosmosStandin`], Cosmos DB for Apache Cassandra's behaviour (v4 only,
+//!   no compression, request-rate throttling, request charges, Entra RBAC logins) in front of
+//!   the real Cassandra.
 //! * [`util`]: temp dirs, free ports, the `postgres` system user.
 //!
 //! Every server binds 127.0.0.1 on a free port and owns a unique temp dir, so tests run in
@@ -23,6 +26,7 @@
 pub mod azure;
 pub mod cassandra;
 pub mod certs;
+pub mod cosmos;
 pub mod kubernetes;
 pub mod postgres;
 pub mod tokens;

@@ -116,6 +116,7 @@ impl Arm {
     }
 
     fn hint(&self, status: StatusCode) -> String {
+        // (A refusal that names disabled local authentication gets LOCAL_AUTH_HINT instead.)
         match status.as_u16() {
             401 => format!(
                 "ARM refused the access token even after fetching a new one: check that the token is for {COSMOS_ARM_SCOPE} (AZURE_COSMOS_SCOPE) and that the identity belongs to the subscription's tenant"
@@ -202,14 +203,13 @@ impl Arm {
                     let delay = (status == StatusCode::TOO_MANY_REQUESTS
                         || status.is_server_error())
                     .then(|| wait.unwrap_or_else(|| self.retry_delay(attempt)));
-                    let failure = CredentialError::rejected(
-                        &who,
-                        &endpoint,
-                        status,
-                        code,
-                        message,
-                        self.hint(status),
-                    );
+                    let hint = if local_auth_disabled(&message) {
+                        LOCAL_AUTH_HINT.to_owned()
+                    } else {
+                        self.hint(status)
+                    };
+                    let failure =
+                        CredentialError::rejected(&who, &endpoint, status, code, message, hint);
                     (failure, delay)
                 }
             };
@@ -256,4 +256,18 @@ pub(super) fn parse_keys(
         preferred: preferred_key,
         other: key(other),
     })
+}
+
+/// What to do when the account refuses keys: ARM refusals that mention it (an Azure Policy
+/// that forbids local authentication: RequestDisallowedByPolicy "Local authentication methods
+/// are not allowed"), and Cosmos's own login refusal ("Local Authorization is disabled. Use an
+/// AAD token to authorize all requests.").
+pub const LOCAL_AUTH_HINT: &str = "the Cosmos DB account has key (local) authentication disabled (disableLocalAuth): switch the listener to token mode (--cassandra-password token, or password = \"token\" in the file), which logs in with an Entra token for https://cosmos.azure.com/.default, and give the proxy's identity a Cassandra role assignment on the account";
+
+/// True if an ARM or Cosmos message says local (key) authentication is disabled.
+pub fn local_auth_disabled(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("local authorization is disabled")
+        || m.contains("local authentication methods are not allowed")
+        || m.contains("disablelocalauth")
 }

@@ -50,6 +50,7 @@ use std::{
 use tokio::time::Instant;
 use url::Url;
 
+pub use self::arm::{LOCAL_AUTH_HINT, local_auth_disabled};
 pub use self::keys::CosmosKeyKind;
 use self::{
     arm::{Arm, key_url},

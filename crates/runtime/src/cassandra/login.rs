@@ -16,7 +16,7 @@
 //! STARTUP's stream.
 
 use bytes::BytesMut;
-use dbproxy_cassandra::{CqlError, LoginStep, UpstreamLogin, codes};
+use dbproxy_cassandra::{CqlError, LoginStep, UpstreamLogin, codes, error_frame};
 use dbproxy_credentials::Secret;
 use tokio::io::AsyncWriteExt;
 
@@ -124,9 +124,21 @@ impl<C: Connector> CassandraService<C> {
                     bad_credentials,
                 } => {
                     let mut reply = BytesMut::new();
-                    error.with_stream(s).encode(&mut reply);
+                    // Cosmos refuses every key when local auth is disabled: no other key
+                    // helps, and the driver is told what will.
+                    let local_auth_off = dbproxy_credentials::local_auth_disabled(&message);
+                    if local_auth_off {
+                        let text = format!(
+                            "{message} (entra-db-proxy, listener \"{}\": {})",
+                            self.name,
+                            dbproxy_credentials::LOCAL_AUTH_HINT
+                        );
+                        error_frame(v, s, code, &text).encode(&mut reply);
+                    } else {
+                        error.with_stream(s).encode(&mut reply);
+                    }
                     Attempt::Refused(Refusal {
-                        credential: bad_credentials,
+                        credential: bad_credentials && !local_auth_off,
                         summary: format!("{code:#06x} {message}"),
                         reply,
                     })

@@ -97,6 +97,18 @@ pub struct CassandraService<C = Upstream> {
     /// [`DEFAULT_MAX_FRAME_SIZE`], Cassandra's `native_transport_max_frame_size`). Also bounds
     /// a compressed body once decompressed.
     pub max_frame_size: usize,
+    /// Set when the upstream is Cosmos DB: its throttling absorbed, its request units counted.
+    pub cosmos: Option<Cosmos>,
+}
+
+/// What a Cosmos DB listener does beyond Cassandra's.
+#[derive(Clone)]
+pub struct Cosmos {
+    /// How requests Cosmos throttles are retried (None: they are not; the error reaches the
+    /// driver).
+    pub retry: Option<dbproxy_cassandra::cosmos::RetryPolicy>,
+    /// The listener's Cosmos metrics.
+    pub metrics: crate::metrics::CosmosMetrics,
 }
 
 /// What the client asked for at STARTUP.

@@ -19,6 +19,14 @@
 //! so such a session holds about one read per direction, not one frame; the proxy's own
 //! answers to the client wait for the end of such a frame. v5 frames are always held whole
 //! (up to the cap), each segment's CRC being checked and re-computed.
+//!
+//! On a Cosmos DB listener ([`super::Cosmos`]) each QUERY / EXECUTE / BATCH relayed whole is
+//! also kept (a copy, within a per-connection cap) until its response; a response that is
+//! Cosmos's request-rate Overloaded is not relayed but the request is resent, on the same
+//! stream, once its wait has passed (a timer of the client→upstream loop, so other streams go
+//! on meanwhile), until [`dbproxy_cassandra::cosmos::RetryTracker`]'s budget is spent. The
+//! request charge of every response is added to the listener's request-unit counter, read from
+//! the frame in place.
 
 use std::{
     sync::{
@@ -30,8 +38,10 @@ use std::{
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
-    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, Framing,
-    HEADER_LEN, Piece, TopologyRewriter, UpstreamAction, codes, error_frame,
+    BodyCompression, ClientAction, CqlError, Frame, FrameDecoder, FrameEncoder, FrameHeader,
+    Framing, HEADER_LEN, Piece, TopologyRewriter, UpstreamAction, codes,
+    cosmos::{RetryDecision, RetryTracker, request_charge},
+    error_frame,
     schema::is_schema_change,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -77,6 +87,8 @@ pub(crate) struct Relay<C> {
     last_activity_ms: AtomicU64,
     to_upstream: AtomicU64,
     to_client: AtomicU64,
+    /// Cosmos DB listeners with retries on: the requests kept for retry.
+    retry: Option<Mutex<RetryTracker>>,
 }
 
 impl<C: Connector> Relay<C> {
@@ -91,6 +103,11 @@ impl<C: Connector> Relay<C> {
                 TopologyRewriter::with_prepared(service.topology.clone(), service.prepared.clone())
                     .with_max_body_len(service.max_body_len()),
             ),
+            retry: service
+                .cosmos
+                .as_ref()
+                .and_then(|c| c.retry)
+                .map(|p| Mutex::new(RetryTracker::new(p))),
             service,
             compression,
             version,
@@ -106,6 +123,58 @@ impl<C: Connector> Relay<C> {
         Transferred {
             to_upstream: self.to_upstream.load(Ordering::Relaxed),
             to_client: self.to_client.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A request relayed whole: kept for retry when that is on.
+    fn keep_for_retry(&self, frame: &Frame) {
+        if let Some(Ok(mut t)) = self.retry.as_ref().map(|t| t.lock()) {
+            t.on_request(frame);
+        }
+    }
+
+    /// A request or response on `stream` relayed as it arrives: nothing kept for it.
+    fn forget_retry(&self, stream: i16) {
+        if let Some(Ok(mut t)) = self.retry.as_ref().map(|t| t.lock()) {
+            t.forget(stream);
+        }
+    }
+
+    /// A response's request charge, on a Cosmos listener.
+    fn count_charge(&self, header: &FrameHeader, body_prefix: &[u8]) {
+        if let Some(c) = &self.service.cosmos
+            && let Some(charge) = request_charge(header, body_prefix)
+        {
+            c.metrics.request_units.inc_by(charge);
+        }
+    }
+
+    /// A whole response: `Some(frame to resend, when)` if it is a rate limit to retry.
+    fn retry_decision(&self, frame: &Frame, max_body: usize) -> Option<(Instant, Frame)> {
+        let mut t = self.retry.as_ref()?.lock().ok()?;
+        let c = self.service.cosmos.as_ref()?;
+        match t.on_response(frame, self.compression, max_body) {
+            RetryDecision::Relay => None,
+            RetryDecision::GiveUp => {
+                c.metrics.throttled.inc();
+                c.metrics.given_up.inc();
+                tracing::debug!(
+                    stream = frame.header.stream,
+                    "Cosmos DB throttled a request beyond the retry budget; relaying its error"
+                );
+                None
+            }
+            RetryDecision::Retry { after, frame } => {
+                c.metrics.throttled.inc();
+                c.metrics.retried.inc();
+                c.metrics.wait_seconds.inc_by(after.as_secs_f64());
+                tracing::debug!(
+                    stream = frame.header.stream,
+                    wait_ms = after.as_millis() as u64,
+                    "Cosmos DB throttled a request; resending it after its wait"
+                );
+                Some((Instant::now() + after, frame))
+            }
         }
     }
 
@@ -139,6 +208,9 @@ impl<C: Connector> Relay<C> {
         let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel::<(Frame, bool)>(4);
         let metrics = &self.service.metrics;
         let max_body = self.service.max_body_len();
+        // Throttled requests to resend, and when: from the upstream→client loop to the
+        // client→upstream loop, the upstream's writer. One at most per kept request.
+        let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Frame)>();
 
         let client_to_upstream = async {
             let Inbound {
@@ -147,15 +219,25 @@ impl<C: Connector> Relay<C> {
             } = from_client;
             let mut enc = to_upstream;
             let mut out = BytesMut::new();
+            // Throttled requests waiting for their time, soonest first.
+            let mut waiting: Vec<(Instant, Frame)> = Vec::new();
             dec.pass_large_frames(Some(PASS_MIN));
             loop {
+                let mut passed = None;
                 let piece = dec.next_piece(&mut buf, |h, prefix| {
-                    h.version != self.version
+                    let whole = h.version != self.version
                         || self
                             .rewriter
                             .lock()
-                            .map_or(true, |mut r| r.request_needs_whole(h, prefix))
+                            .map_or(true, |mut r| r.request_needs_whole(h, prefix));
+                    if !whole {
+                        passed = Some(h.stream);
+                    }
+                    whole
                 });
+                if let Some(stream) = passed {
+                    self.forget_retry(stream);
+                }
                 match piece {
                     Ok(Some(Piece::Raw(bytes))) => {
                         out.extend_from_slice(&bytes);
@@ -182,7 +264,10 @@ impl<C: Connector> Relay<C> {
                             Err(_) => return CloseReason::Internal,
                         };
                         match action {
-                            Ok(ClientAction::Forward) => enc.encode(&frame, &mut out),
+                            Ok(ClientAction::Forward) => {
+                                self.keep_for_retry(&frame);
+                                enc.encode(&frame, &mut out)
+                            }
                             Ok(ClientAction::Reply(reply)) => {
                                 if reply_tx.send((reply, false)).await.is_err() {
                                     return CloseReason::ClientClosed;
@@ -227,15 +312,32 @@ impl<C: Connector> Relay<C> {
                     }
                     out.clear();
                 }
-                match read_some(&mut cr, &mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = uw.shutdown().await;
-                        return CloseReason::ClientClosed;
+                // In the middle of a frame relayed as it arrives, no resent request may be
+                // written upstream: they wait for its end.
+                let passing = dec.is_passing();
+                let next_retry = waiting.first().map(|(at, _)| *at);
+                tokio::select! {
+                    r = read_some(&mut cr, &mut buf) => match r {
+                        Ok(0) | Err(_) => {
+                            let _ = uw.shutdown().await;
+                            return CloseReason::ClientClosed;
+                        }
+                        Ok(n) => {
+                            self.to_upstream.fetch_add(n as u64, Ordering::Relaxed);
+                            metrics.bytes_to_upstream.inc_by(n as u64);
+                            self.touch();
+                        }
+                    },
+                    Some(retry) = retry_rx.recv() => {
+                        let at = waiting.partition_point(|(t, _)| *t <= retry.0);
+                        waiting.insert(at, retry);
                     }
-                    Ok(n) => {
-                        self.to_upstream.fetch_add(n as u64, Ordering::Relaxed);
-                        metrics.bytes_to_upstream.inc_by(n as u64);
-                        self.touch();
+                    _ = sleep_until_some(next_retry), if !passing => {
+                        let now = Instant::now();
+                        let due = waiting.partition_point(|(t, _)| *t <= now);
+                        for (_, frame) in waiting.drain(..due) {
+                            enc.encode(&frame, &mut out);
+                        }
                     }
                 }
             }
@@ -250,17 +352,36 @@ impl<C: Connector> Relay<C> {
             let mut out = BytesMut::new();
             dec.pass_large_frames(Some(PASS_MIN));
             loop {
+                let mut passed = None;
                 let piece = dec.next_piece(&mut buf, |h, prefix| {
-                    self.rewriter
+                    let whole = self
+                        .rewriter
                         .lock()
-                        .map_or(true, |r| r.response_needs_whole(h, prefix))
+                        .map_or(true, |r| r.response_needs_whole(h, prefix));
+                    if !whole {
+                        // Relayed unread: its charge is read from its first bytes.
+                        self.count_charge(h, prefix);
+                        passed = Some(h.stream);
+                    }
+                    whole
                 });
+                if let Some(stream) = passed {
+                    self.forget_retry(stream);
+                }
                 match piece {
                     Ok(Some(Piece::Raw(bytes))) => {
                         out.extend_from_slice(&bytes);
                         continue;
                     }
                     Ok(Some(Piece::Frame(frame))) => {
+                        self.count_charge(&frame.header, &frame.body);
+                        if let Some(retry) = self.retry_decision(&frame, max_body) {
+                            // Not relayed: the request goes again after its wait.
+                            if retry_tx.send(retry).is_err() {
+                                return CloseReason::ClientClosed;
+                            }
+                            continue;
+                        }
                         let action = match self.rewriter.lock() {
                             Ok(mut r) => r.on_upstream_frame(frame, self.compression),
                             Err(_) => return CloseReason::Internal,
@@ -377,6 +498,14 @@ impl<C: Connector> Relay<C> {
             } => end,
             _ = idle => CloseReason::IdleTimeout,
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -18,6 +18,8 @@ use crate::{
     testutil::{MemoryUpstream, ScriptedPasswords},
 };
 
+mod cosmos;
+
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn service(
@@ -51,6 +53,7 @@ fn service_capped(
         prepared: PreparedStatements::new(),
         local_tls: None,
         max_frame_size,
+        cosmos: None,
         schema: Default::default(),
     })
 }

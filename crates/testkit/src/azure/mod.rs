@@ -454,6 +454,56 @@ impl FakeAzure {
         )
     }
 
+    /// A [`LoginCheck`](crate::cosmos::LoginCheck) for the Cosmos stand-in's account
+    /// `account`: the user must be the account name; the password an account key (only with
+    /// `local_auth`; without it Cosmos's "Local Authorization is disabled" refusal) or an
+    /// unexpired token this fake issued for `https://cosmos.azure.com` (Entra RBAC).
+    pub fn cosmos_login_check(&self, account: &str, local_auth: bool) -> crate::cosmos::LoginCheck {
+        let (shared, account) = (self.shared.clone(), account.to_owned());
+        std::sync::Arc::new(move |user: &str, password: &str| {
+            if user != account {
+                return Err(format!(
+                    "Provided username {user} and/or password are incorrect"
+                ));
+            }
+            let keys = lock(&shared.arm).keys.clone();
+            let is_key = [
+                &keys.primary_master_key,
+                &keys.secondary_master_key,
+                &keys.primary_readonly_master_key,
+                &keys.secondary_readonly_master_key,
+            ]
+            .iter()
+            .any(|k| k.as_str() == password);
+            if is_key {
+                return if local_auth {
+                    Ok(())
+                } else {
+                    Err("Local Authorization is disabled. Use an AAD token to authorize all requests.".into())
+                };
+            }
+            let issued = lock(&shared.issued)
+                .iter()
+                .find(|t| t.token == password)
+                .cloned();
+            match issued {
+                None => Err(format!(
+                    "Provided username {user} and/or password are incorrect"
+                )),
+                Some(t) if t.resource.trim_end_matches('/') != "https://cosmos.azure.com" => {
+                    Err(format!(
+                        "Authentication failed: the access token's audience '{}' is not valid for this account; request a token for https://cosmos.azure.com/.default",
+                        t.resource
+                    ))
+                }
+                Some(t) if t.expires_on <= crate::tokens::now_epoch() => {
+                    Err("Authentication failed: the access token has expired".into())
+                }
+                Some(_) => Ok(()),
+            }
+        })
+    }
+
     /// The Cosmos DB keys listKeys returns.
     pub fn keys(&self) -> CosmosKeys {
         lock(&self.shared.arm).keys.clone()
