@@ -223,6 +223,7 @@ mod tests {
             idle_timeout: None,
             metrics: ListenerMetrics::detached("l", "postgres"),
             local_tls: None,
+            warm: Default::default(),
         });
         let gated = Arc::new(Gated {
             fallback: svc,
@@ -268,6 +269,7 @@ mod tests {
             prepared: PreparedStatements::new(),
             local_tls: None,
             schema: Default::default(),
+            cosmos: None,
             max_frame_size: crate::cassandra::DEFAULT_MAX_FRAME_SIZE,
         });
         let gated = Arc::new(Gated {
