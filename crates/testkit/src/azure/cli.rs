@@ -76,8 +76,14 @@ enc() {
   echo "ERROR: Failed to connect to the identity service (fake az: FakeAzure on port $PORT is gone)." >&2
   exit 1
 }
+# A FakeAzure going away can reset the connection before the request is written: a failed
+# write, not a SIGPIPE that kills the script without a word.
+trap '' PIPE
 printf 'GET __PATH__?scope=%s&resource=%s&tenant=%s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nUser-Agent: fake-az\r\nConnection: close\r\n\r\n' \
-  "$(enc "$scope")" "$(enc "$resource")" "$(enc "$tenant")" "$PORT" >&3
+  "$(enc "$scope")" "$(enc "$resource")" "$(enc "$tenant")" "$PORT" >&3 2>/dev/null || {
+  echo "ERROR: Failed to connect to the identity service (fake az: FakeAzure on port $PORT reset the connection)." >&2
+  exit 1
+}
 IFS= read -r status <&3 || { echo "ERROR: empty response from FakeAzure" >&2; exit 1; }
 read -r _ code _ <<<"$status"
 while IFS= read -r line <&3; do
