@@ -177,12 +177,21 @@ impl PodTable {
         }
         if let Some(p) = prefer_uid.and_then(|u| s.pods.get(u))
             && p.phase == "Running"
+            && !p.host_network
         {
             return Some(p.clone());
         }
+        // Never a host-network pod: it is never admitted, so a token bound to it is of no use.
+        // The first by name, so the choice does not depend on the table's hash order.
         s.pods
             .values()
-            .find(|p| p.phase == "Running" && p.namespace == namespace && p.service_account == sa)
+            .filter(|p| {
+                p.phase == "Running"
+                    && !p.host_network
+                    && p.namespace == namespace
+                    && p.service_account == sa
+            })
+            .min_by(|a, b| a.name.cmp(&b.name))
             .cloned()
     }
 
@@ -339,5 +348,36 @@ mod tests {
             t.lookup("10.0.0.1".parse().unwrap()),
             Lookup::NotSynced("down".into())
         );
+    }
+
+    /// A TokenRequest is bound to a running pod that could be admitted, never to a
+    /// host-network one, and the choice does not depend on hash order.
+    #[test]
+    fn pod_of_skips_host_network_and_pending_pods() {
+        let t = PodTable::new("n");
+        t.set_for_test(vec![
+            pod("a-host", "10.0.0.9", true, "Running"),
+            pod("a-pending", "10.0.0.8", false, "Pending"),
+            pod("z", "10.0.0.2", false, "Running"),
+            pod("m", "10.0.0.1", false, "Running"),
+        ]);
+        for _ in 0..3 {
+            assert_eq!(
+                t.pod_of("ns", "sa", None).map(|p| p.name.clone()),
+                Some("m".into())
+            );
+        }
+        assert_eq!(
+            t.pod_of("ns", "sa", Some("uid-z")).map(|p| p.name.clone()),
+            Some("z".into())
+        );
+        assert_eq!(
+            t.pod_of("ns", "sa", Some("uid-a-host"))
+                .map(|p| p.name.clone()),
+            Some("m".into())
+        );
+        t.set_for_test(vec![pod("a-host", "10.0.0.9", true, "Running")]);
+        assert!(t.pod_of("ns", "sa", None).is_none());
+        assert!(t.pod_of("other", "sa", None).is_none());
     }
 }

@@ -9,13 +9,16 @@
 //!
 //! The versions are asked over one control connection per listener ([`SchemaControl`]),
 //! logged in once, kept open, and opened again after a failure; never a login per DDL.
-//! Concurrent DDLs on a listener take turns on it.
+//! Concurrent DDLs on a listener take turns on it. Cosmos DB's request-rate limit (an
+//! Overloaded "Request rate is large") applies to these queries too: the poll waits as told
+//! and asks again.
 
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
-    FrameDecoder, FrameEncoder,
+    BodyCompression, FrameDecoder, FrameEncoder,
+    cosmos::rate_limit,
     schema::{query_frame, schema_versions},
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +31,9 @@ pub const SCHEMA_AGREEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the versions are asked while they differ.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The largest ERROR body looked into for a rate limit on the control connection.
+const MAX_CONTROL_BODY: usize = 64 * 1024;
 
 /// Any connected upstream stream.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -129,7 +135,7 @@ impl Control {
     /// Asks `system.local` and `system.peers` for their schema versions until they agree.
     async fn poll(&mut self) -> Result<u32, String> {
         let mut polls = 0;
-        loop {
+        'poll: loop {
             polls += 1;
             let mut versions = Vec::new();
             for (stream, cql) in [
@@ -156,6 +162,17 @@ impl Control {
                         return Err("the upstream closed the connection".into());
                     }
                 };
+                // Cosmos's request-rate limit applies to these queries too: wait as told (at
+                // most a poll interval more) and ask again; the overall timeout still bounds it.
+                if let Some(wait) = rate_limit(&frame, BodyCompression::None, MAX_CONTROL_BODY) {
+                    let wait = wait.unwrap_or(POLL_INTERVAL).min(POLL_INTERVAL * 5);
+                    tracing::debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "schema version query throttled; asking again"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue 'poll;
+                }
                 versions.extend(schema_versions(&frame).map_err(|e| e.to_string())?);
             }
             if versions.windows(2).all(|w| w[0] == w[1]) {

@@ -185,3 +185,50 @@ async fn past_the_budget_the_original_error_reaches_the_driver() {
     assert_eq!(metric(&metrics, &format!("{p}_retried_total")), 2.0);
     assert_eq!(metric(&metrics, &format!("{p}_given_up_total")), 1.0);
 }
+
+/// Cosmos's rate limit also meets the proxy's own schema-version queries after a DDL: the poll
+/// waits as told and asks again on the same control connection, and the DDL's RESULT is held
+/// until the versions agree (not released early with a warning).
+#[tokio::test]
+async fn a_throttled_schema_poll_is_asked_again() {
+    use super::{answer_poll, schema_change};
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let connects = upstream.connects.clone();
+    let (svc, _metrics) = cosmos_service(upstream, RetryPolicy::default());
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        logged_in(&mut s).await;
+        assert_eq!(read_frame(&mut s).await.0, 10);
+        s.write_all(&schema_change(10)).await.unwrap();
+        let mut c = servers.recv().await.unwrap();
+        logged_in(&mut c).await;
+        let (stream, op, _) = read_frame(&mut c).await;
+        assert_eq!(op, opcode::QUERY);
+        c.write_all(&rate_limited(stream, 20)).await.unwrap();
+        answer_poll(&mut c, 1, 2).await;
+        answer_poll(&mut c, 3, 3).await;
+        (s, c)
+    });
+    let (mut app, _session) = connect(&svc);
+    app.write_all(&startup(0)).await.unwrap();
+    assert_eq!(read_frame(&mut app).await.1, opcode::READY);
+    app.write_all(&query_frame(4, 10, "CREATE TABLE ks.t (k int PRIMARY KEY)").to_bytes())
+        .await
+        .unwrap();
+    let (stream, op, body) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stream, op, body[..4].to_vec()),
+        (10, opcode::RESULT, vec![0, 0, 0, 5])
+    );
+    let _conns = tokio::time::timeout(LIMIT, server)
+        .await
+        .expect("the throttled poll was asked again until the versions agreed")
+        .unwrap();
+    assert_eq!(
+        connects.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one session, one control connection"
+    );
+}
