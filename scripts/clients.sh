@@ -11,7 +11,7 @@
 #   scripts/clients.sh --only node-pg       # one row (the others in the doc are kept as they were)
 #   scripts/clients.sh --only gocql --nodes 3 cassandra   # one Cassandra row
 #   scripts/clients.sh --list [postgres|cassandra]        # the stacks
-#   scripts/clients.sh [--only STACK] [--nodes 1|3] [--write] [postgres|cassandra|all]
+#   scripts/clients.sh [--only STACK] [--nodes 1|3|cosmos] [--write] [postgres|cassandra|all]
 #
 # The tracked docs/COMPATIBILITY.md is never touched unless --write is given: the script writes
 # the regenerated document to ${CARGO_TARGET_DIR:-target}/compat/COMPATIBILITY.md (a copy of the
@@ -31,9 +31,12 @@
 # --postgres-warm-sessions 2, waiting before each stack until both warm sessions are ready; the
 # second pass fails a stack that the proxy never served a warm session (its hit counter did not
 # move) or that failed, and the row shows that failure; otherwise the row is the cold pass's. Cassandra: the stand-ins are a real Cassandra 5.0 (TLS, PasswordAuthenticator) and a
-# fake Entra ID + ARM listKeys (dbproxy-cql-standins); every stack runs against a 1-node cluster
-# and then a 3-node one (--nodes picks one), each behind its own proxy, and a row passes only if
-# the driver knows exactly one host (the proxy). ENTRA_DB_PROXY_BIN / DBPROXY_STANDINS_BIN /
+# fake Entra ID + ARM listKeys (dbproxy-cql-standins); every stack runs against a 1-node cluster,
+# a 3-node one, and the 1-node one behind the Cosmos DB stand-in with 20 % of requests throttled
+# (--nodes 1|3|cosmos picks one), each behind its own proxy, and a row passes only if the driver
+# knows exactly one host (the proxy). The Cosmos pass also fails a stack unless, over its run,
+# the stand-in throttled requests, the proxy retried every throttled answer and gave none up, and
+# the proxy's request-unit counter moved by exactly what the stand-in charged. ENTRA_DB_PROXY_BIN / DBPROXY_STANDINS_BIN /
 # DBPROXY_CQL_STANDINS_BIN: use these binaries instead of building them (e.g. a release build, or
 # CI's). Logs of the last run: $ENTRA_DB_PROXY_CACHE/clients-logs/<db>/ (default ~/.cache/...).
 #
@@ -61,7 +64,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
 done
-case "$nodes_arg" in ""|1|3) ;; *) echo "--nodes 1 or 3" >&2; exit 2 ;; esac
+case "$nodes_arg" in ""|1|3|cosmos) ;; *) echo "--nodes 1, 3 or cosmos" >&2; exit 2 ;; esac
 
 cache="${ENTRA_DB_PROXY_CACHE:-$HOME/.cache/entra-db-proxy}"
 tracked=docs/COMPATIBILITY.md
@@ -107,7 +110,7 @@ if [ "$db" = all ]; then
 fi
 # The targets each stack runs against: one for PostgreSQL; for Cassandra, a cluster of each size.
 if [ "$db" = cassandra ]; then
-  if [ -n "$nodes_arg" ]; then targets=("$nodes_arg"); else targets=(1 3); fi
+  if [ -n "$nodes_arg" ]; then targets=("$nodes_arg"); else targets=(1 3 cosmos); fi
 else
   [ -z "$nodes_arg" ] || { echo "--nodes is for cassandra" >&2; exit 2; }
   targets=("" warm)
@@ -181,6 +184,44 @@ text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout
 print(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("entra_db_proxy_warm_session_hits_total{")))
 PY
 }
+# The Cosmos pass's counters, one line: the proxy's throttled, retried, given-up and request
+# units, then the stand-in's throttled and charged (its file is rewritten every 100 ms).
+cosmos_stats=""
+cosmos_counters() {
+  sleep 0.5
+  python3 - "$admin_port" "$cosmos_stats" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+def m(name):
+    return sum(float(l.split()[-1]) for l in text.splitlines()
+               if l.startswith(f"entra_db_proxy_cosmos_{name}{{"))
+st = dict(kv.split("=", 1) for kv in open(sys.argv[2]).read().split())
+print(m("throttled_total"), m("retried_total"), m("given_up_total"), m("request_units_total"),
+      st["COSMOS_THROTTLED"], st["COSMOS_CHARGED"])
+PY
+}
+# cosmos_verdict BEFORE AFTER (cosmos_counters lines): nothing if the stack's run was absorbed
+# (throttled, every throttled answer retried, none given up, request units as charged), else
+# why not. The figures go to stderr.
+cosmos_verdict() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+b, a = ([float(x) for x in v.split()] for v in sys.argv[1:3])
+thr, ret, gave, ru, s_thr, s_ru = (y - x for x, y in zip(b, a))
+print(f"   cosmos: stand-in throttled {s_thr:g} charged {s_ru:.2f}; proxy throttled {thr:g} "
+      f"retried {ret:g} given up {gave:g} request units {ru:.2f}", file=sys.stderr)
+why = []
+if s_thr <= 0 or thr <= 0:
+    why.append("nothing was throttled")
+if ret != thr:
+    why.append(f"{thr:g} throttled answers but {ret:g} retries")
+if gave:
+    why.append(f"{gave:g} requests given up")
+if abs(ru - s_ru) > 1e-6 * max(1.0, s_ru):
+    why.append(f"request units {ru:.2f} where the stand-in charged {s_ru:.2f}")
+print("; ".join(why))
+PY
+}
 # Waits (at most 30 s) until the proxy has $1 warm sessions ready.
 wait_warm_ready() {
   local _
@@ -252,7 +293,8 @@ start_postgres() {
 # password is the fake ARM's primary key) and ONE proxy CQL listener in front of it; the stacks
 # get only the proxy's address, as Service Connector's AZURE_COSMOS_CONTACTPOINT/PORT.
 start_cassandra() {
-  local nodes="$1"
+  local tgt="$1" nodes="$1" cosmos_args=()
+  if [ "$tgt" = cosmos ]; then nodes=1 cosmos_args=(--cosmos --throttle 0.2); fi
   eval "$(scripts/install-deps.sh)"   # Cassandra's jars and JDK 17 (EDP_CASSANDRA_LIB, EDP_JAVA), cached
   local target="${CARGO_TARGET_DIR:-target}/debug"
   local proxy_bin="${ENTRA_DB_PROXY_BIN:-$target/entra-db-proxy}"
@@ -269,9 +311,9 @@ start_cassandra() {
     cql_built=1
   fi
 
-  local env_file="$work/cql-standins-$nodes.env"
-  echo "== start Cassandra ($nodes node(s)) and the fake Entra ID / ARM" >&2
-  "$standins_bin" --env-file "$env_file" --nodes "$nodes" > "$logs/standins.n$nodes.log" 2>&1 &
+  local env_file="$work/cql-standins-$tgt.env"
+  echo "== start Cassandra ($nodes node(s)${cosmos_args[*]:+, behind the Cosmos DB stand-in}) and the fake Entra ID / ARM" >&2
+  "$standins_bin" --env-file "$env_file" --nodes "$nodes" "${cosmos_args[@]}" > "$logs/standins.n$tgt.log" 2>&1 &
   local standins_pid=$!
   pids+=("$standins_pid")
   local _
@@ -280,16 +322,18 @@ start_cassandra() {
     kill -0 "$standins_pid" 2>/dev/null || break
     sleep 0.2
   done
-  [ -f "$env_file" ] || { echo "the CQL stand-ins did not start:" >&2; tail -n 20 "$logs/standins.n$nodes.log" >&2; exit 1; }
+  [ -f "$env_file" ] || { echo "the CQL stand-ins did not start:" >&2; tail -n 20 "$logs/standins.n$tgt.log" >&2; exit 1; }
 
   local port; port=$(free_port)
-  proxy_log="$logs/proxy.n$nodes.log"
+  proxy_log="$logs/proxy.n$tgt.log"
+  admin_port=$(free_port)
+  cosmos_stats=$(. "$env_file"; echo "${STANDINS_COSMOS_STATS:-}")
   # The proxy alone sees the stand-ins' variables (AZURE_COSMOS_* of a service principal, the
   # CA file); the clients see only the proxy's address. --cassandra-data-center: the seed's apps
   # say withLocalDatacenter("datacenter1") / localDataCenter: 'datacenter1'.
   (set -a; . "$env_file"; set +a
    RUST_LOG="${RUST_LOG:-info}" ENTRA_DB_PROXY_CASSANDRA_LISTEN="127.0.0.1:$port" \
-     exec "$proxy_bin" --cassandra-data-center datacenter1) > "$proxy_log" 2>&1 &
+     exec "$proxy_bin" --cassandra-data-center datacenter1 --admin-listen "127.0.0.1:$admin_port") > "$proxy_log" 2>&1 &
   pids+=($!)
   wait_port "$port" || { echo "proxy did not listen on $port:" >&2; tail -n 20 "$proxy_log" >&2; exit 1; }
 
@@ -316,12 +360,13 @@ if [ "$db" = postgres ]; then
 else
   sfx=${tgt:+.n$tgt}
   where=${tgt:+" ($tgt node$([ "$tgt" = 1 ] || echo s))"}
+  [ "$tgt" != cosmos ] || where=" (Cosmos DB stand-in, 20 % throttled)"
 fi
 for s in "${stacks[@]}"; do
   title=$(sed -n 's/^# title: //p' "$stacks_dir/$s/run.sh" | head -n1)
   t0=$(now)
   tlog="$logs/$s$sfx.test.log"
-  hits_before=""
+  hits_before="" cosmos_before=""
   # A stack that could not be installed has its row from the cold pass already.
   if [ "$tgt" = warm ] && [ -n "${install_fail[$s]:-}" ]; then continue; fi
   if [ -n "${install_fail[$s]:-}" ]; then
@@ -332,6 +377,7 @@ for s in "${stacks[@]}"; do
       wait_warm_ready 2 || echo "   warm sessions not ready after 30 s; see $proxy_log" >&2
       hits_before=$(warm_hits)
     fi
+    if [ "$tgt" = cosmos ]; then cosmos_before=$(cosmos_counters); fi
     set +e
     out=$(timeout 300 "$stacks_dir/$s/run.sh" test 2> "$tlog")
     rc=$?
@@ -362,11 +408,21 @@ for s in "${stacks[@]}"; do
       line="FAIL $s was never served a warm session (see $proxy_log)"
     fi
   fi
+  # Cosmos pass: the stack's throttled requests were absorbed and its request units counted.
+  # The driver's last connections may still be closing (their last answers read): up to 10 s.
+  if [ -n "$cosmos_before" ] && [[ "$line" == ok* ]]; then
+    for _ in $(seq 1 20); do
+      [ -n "$(cosmos_verdict "$cosmos_before" "$(cosmos_counters)" 2>/dev/null)" ] || break
+    done
+    why=$(cosmos_verdict "$cosmos_before" "$(cosmos_counters)")
+    [ -z "$why" ] || line="FAIL $s through the Cosmos DB stand-in: $why"
+  fi
   test_s=$(( $(now) - t0 ))
   if [ "$db" = postgres ]; then
     echo "${tgt:+[warm sessions] }$line" | tee -a "$logs/results.txt"
   else
-    echo "${where:+[$tgt node(s)] }$line" | tee -a "$logs/results.txt"
+    label="[$tgt node(s)] "; [ "$tgt" != cosmos ] || label="[Cosmos DB stand-in] "
+    echo "${where:+$label}$line" | tee -a "$logs/results.txt"
   fi
   if [[ "$line" == FAIL* ]]; then
     fails=$((fails + 1))

@@ -20,7 +20,19 @@ const FETCH_FAILED: &str = "Cosmos DB account key fetch failed";
 /// A v4 STARTUP on a raw connection: `Ok(())` for READY, else the ERROR's (code, message).
 /// Answered within 30 s.
 pub(super) async fn startup(addr: std::net::SocketAddr) -> Result<(), (i32, String)> {
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    startup_from(addr, None).await.map(drop)
+}
+
+/// [`startup`] from the source address `from` (a simulated pod), keeping the connection.
+pub(crate) async fn startup_from(
+    addr: std::net::SocketAddr,
+    from: Option<&str>,
+) -> Result<tokio::net::TcpStream, (i32, String)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = from {
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    }
+    let mut c = socket.connect(addr).await.unwrap();
     let mut body = vec![0, 1];
     for s in ["CQL_VERSION", "3.0.0"] {
         body.extend((s.len() as u16).to_be_bytes());
@@ -44,7 +56,7 @@ pub(super) async fn startup(addr: std::net::SocketAddr) -> Result<(), (i32, Stri
     let mut body = vec![0; len];
     c.read_exact(&mut body).await.unwrap();
     match header[4] {
-        0x02 => Ok(()),
+        0x02 => Ok(c),
         0x00 => {
             let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let n = u16::from_be_bytes([body[4], body[5]]) as usize;

@@ -16,7 +16,7 @@ use std::{
 
 use crate::util::http_get;
 
-mod arm;
+pub(crate) mod arm;
 mod identity;
 mod restart;
 mod upstream;

@@ -1,8 +1,10 @@
 //! Per-pod identity (a DaemonSet's proxy): pods simulated by client sockets bound to
 //! 127.0.0.2, 127.0.0.3, …, a fake Kubernetes API (pods of the node, service accounts,
 //! TokenRequest), the fake Entra with a federated credential per identity, and the real
-//! PostgreSQL whose role for each identity takes that identity's tokens as its password.
+//! PostgreSQL whose role for each identity takes that identity's tokens as its password (and
+//! the real Cassandra, likewise, in `cassandra.rs`).
 
+mod cassandra;
 mod postgres;
 mod uid;
 

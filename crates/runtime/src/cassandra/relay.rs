@@ -7,7 +7,9 @@
 //! the upstream→client loop, the only writer of the client socket. A RESULT of kind
 //! SCHEMA_CHANGE is held until the upstream agrees on the schema ([`super::schema`]) by a task
 //! of its own, which then sends it through the same channel; the other streams' answers are not
-//! held behind it.
+//! held behind it. When the client ends its side, the upstream's is shut down too, and the
+//! answers still in flight are relayed (a client that half-closed reads them) until the
+//! upstream closes, for at most a couple of seconds.
 //!
 //! Memory is bounded by the listener's `max_frame_size`, not by what the wire announces:
 //! sockets are read 64 KiB at a time, a client frame over the cap is skipped as it arrives and
@@ -350,6 +352,9 @@ impl<C: Connector> Relay<C> {
             } = from_upstream;
             let mut enc = to_client;
             let mut out = BytesMut::new();
+            // Once writing to the client failed, the upstream's answers are still read (their
+            // charges counted) until the session ends, but dropped.
+            let mut client_gone = false;
             dec.pass_large_frames(Some(PASS_MIN));
             loop {
                 let mut passed = None;
@@ -435,8 +440,8 @@ impl<C: Connector> Relay<C> {
                     }
                 }
                 if !out.is_empty() {
-                    if cw.write_all(&out).await.is_err() {
-                        return CloseReason::ClientClosed;
+                    if !client_gone && cw.write_all(&out).await.is_err() {
+                        client_gone = true;
                     }
                     out.clear();
                 }
@@ -484,22 +489,33 @@ impl<C: Connector> Relay<C> {
             }
         };
 
-        // The client→upstream side finishing first (client closed) still lets the upstream's
-        // last answers through, up to a short bound.
-        tokio::select! {
-            end = upstream_to_client => end,
-            end = async {
-                let end = client_to_upstream.await;
-                if end == CloseReason::ClientProtocol {
-                    // Wait for the reply to be written by the other side.
-                    std::future::pending::<()>().await;
-                }
+        tokio::pin!(upstream_to_client, idle);
+        let end = tokio::select! {
+            end = &mut upstream_to_client => return end,
+            end = client_to_upstream => end,
+            _ = &mut idle => return CloseReason::IdleTimeout,
+        };
+        match end {
+            // The other side writes the ERROR and ends the session.
+            CloseReason::ClientProtocol => tokio::select! {
+                end = &mut upstream_to_client => end,
+                _ = &mut idle => CloseReason::IdleTimeout,
+            },
+            // The client sent its last bytes (the upstream was told with a shutdown) and may
+            // still be reading, after a half-close: the answers to what it sent are relayed,
+            // and their request charges counted, until the upstream closes too or for at most
+            // CLIENT_CLOSE_LINGER.
+            CloseReason::ClientClosed => {
+                let _ = tokio::time::timeout(CLIENT_CLOSE_LINGER, &mut upstream_to_client).await;
                 end
-            } => end,
-            _ = idle => CloseReason::IdleTimeout,
+            }
+            end => end,
         }
     }
 }
+
+/// How long answers still in flight when the client closes its side are waited for.
+const CLIENT_CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until_some(at: Option<Instant>) {

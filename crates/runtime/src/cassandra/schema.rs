@@ -11,16 +11,18 @@
 //! logged in once, kept open, and opened again after a failure; never a login per DDL.
 //! Concurrent DDLs on a listener take turns on it. Cosmos DB's request-rate limit (an
 //! Overloaded "Request rate is large") applies to these queries too: the poll waits as told
-//! and asks again.
+//! and asks again, and what they are charged counts in the listener's request units.
 
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use dbproxy_cassandra::{
     BodyCompression, FrameDecoder, FrameEncoder,
-    cosmos::rate_limit,
+    cosmos::{rate_limit, request_charge},
     schema::{query_frame, schema_versions},
 };
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{CassandraService, login::own_startup};
@@ -52,6 +54,8 @@ struct Control {
     encoder: FrameEncoder,
     buf: BytesMut,
     version: u8,
+    /// A Cosmos listener's request-unit counter: these queries are charged too.
+    request_units: Option<Counter<f64, AtomicU64>>,
 }
 
 impl<C: Connector> CassandraService<C> {
@@ -124,6 +128,10 @@ impl<C: Connector> CassandraService<C> {
                     encoder,
                     buf: up.buf,
                     version,
+                    request_units: self
+                        .cosmos
+                        .as_ref()
+                        .map(|c| c.metrics.request_units.clone()),
                 })
             }
             Attempt::Refused(r) => Err(format!("login refused: {}", r.summary)),
@@ -151,7 +159,14 @@ impl Control {
                     .map_err(|e| e.to_string())?;
                 let frame = loop {
                     match self.decoder.decode(&mut self.buf) {
-                        Ok(Some(f)) if f.header.stream == stream => break f,
+                        Ok(Some(f)) if f.header.stream == stream => {
+                            if let Some(ru) = &self.request_units
+                                && let Some(charge) = request_charge(&f.header, &f.body)
+                            {
+                                ru.inc_by(charge);
+                            }
+                            break f;
+                        }
                         // Not an answer to this query (an event): skip it.
                         Ok(Some(_)) => continue,
                         Ok(None) => {}

@@ -9,7 +9,8 @@
 //! until SIGINT/SIGTERM and stops the cluster. With `--cosmos` the contact point is the Cosmos
 //! stand-in ([`dbproxy_testkit::cosmos`]) in front of the cluster: v4 only, no compression, a
 //! fraction `F` of requests throttled (default 0), request charges on results;
-//! `ENTRA_DB_PROXY_CASSANDRA_COSMOS=true` tells the proxy so. `--token` (with `--cosmos`)
+//! `ENTRA_DB_PROXY_CASSANDRA_COSMOS=true` tells the proxy so, and `STANDINS_COSMOS_STATS` names
+//! a file holding the stand-in's counters (throttled, forwarded, request units charged). `--token` (with `--cosmos`)
 //! disables local auth on the stand-in and configures the proxy's Entra RBAC token mode. Needs `eval "$(scripts/install-deps.sh)"`
 //! (EDP_CASSANDRA_LIB, EDP_JAVA). Not for production: the CA, the service principal's secret and
 //! the account key are test values.
@@ -101,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let standin = standin.map(std::sync::Arc::new);
     let contact = standin
         .as_ref()
         .map_or(cluster.contact_point(), |s| s.addr());
@@ -136,8 +138,30 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("STANDINS_CQL_ACCOUNT", ACCOUNT.to_owned()),
     ];
+    // The Cosmos stand-in's counters, rewritten every 100 ms as one line of shell variables
+    // (the client matrix compares them with the proxy's metrics around each stack).
+    let stats_file = dir.join("cosmos-stats.env");
+    let stats_task = standin.as_ref().map(|s| {
+        let (s, path) = (s.clone(), stats_file.clone());
+        tokio::spawn(async move {
+            loop {
+                let line = format!(
+                    "COSMOS_THROTTLED={} COSMOS_FORWARDED={} COSMOS_CHARGED={}\n",
+                    s.throttled(),
+                    s.forwarded(),
+                    s.charged()
+                );
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, line).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    });
     if cosmos {
         vars.push(("ENTRA_DB_PROXY_CASSANDRA_COSMOS", "true".to_owned()));
+        vars.push(("STANDINS_COSMOS_STATS", stats_file.display().to_string()));
     }
     if token {
         vars.push(("ENTRA_DB_PROXY_CASSANDRA_PASSWORD", "token".to_owned()));
@@ -158,6 +182,9 @@ async fn main() -> anyhow::Result<()> {
 
     dbproxy_testkit::util::stop_signal().await?;
     eprintln!("stopping Cassandra…");
+    if let Some(t) = stats_task {
+        t.abort();
+    }
     drop(standin);
     drop(azure);
     drop(cluster);

@@ -187,14 +187,15 @@ async fn past_the_budget_the_original_error_reaches_the_driver() {
 }
 
 /// Cosmos's rate limit also meets the proxy's own schema-version queries after a DDL: the poll
-/// waits as told and asks again on the same control connection, and the DDL's RESULT is held
-/// until the versions agree (not released early with a warning).
+/// waits as told and asks again on the same control connection, the DDL's RESULT is held
+/// until the versions agree (not released early with a warning), and the charges of these
+/// queries count in the listener's request units.
 #[tokio::test]
 async fn a_throttled_schema_poll_is_asked_again() {
-    use super::{answer_poll, schema_change};
+    use super::{answer_poll, schema_change, versions_result};
     let (upstream, mut servers) = MemoryUpstream::new();
     let connects = upstream.connects.clone();
-    let (svc, _metrics) = cosmos_service(upstream, RetryPolicy::default());
+    let (svc, metrics) = cosmos_service(upstream, RetryPolicy::default());
     let server = tokio::spawn(async move {
         let mut s = servers.recv().await.unwrap();
         logged_in(&mut s).await;
@@ -206,7 +207,27 @@ async fn a_throttled_schema_poll_is_asked_again() {
         assert_eq!(op, opcode::QUERY);
         c.write_all(&rate_limited(stream, 20)).await.unwrap();
         answer_poll(&mut c, 1, 2).await;
-        answer_poll(&mut c, 3, 3).await;
+        // The last poll's answers carry request charges, as every Cosmos response does.
+        for charge in [0.5, 0.75] {
+            let (stream, _, _) = read_frame(&mut c).await;
+            let plain = versions_result(stream, 3);
+            let mut body = BytesMut::new();
+            body.put_u16(1);
+            body.put_u16(13);
+            body.put_slice(b"RequestCharge");
+            body.put_i32(8);
+            body.put_f64(charge);
+            body.put_slice(&plain[9..]);
+            let f = Frame::new(
+                4,
+                true,
+                flags::CUSTOM_PAYLOAD,
+                stream,
+                opcode::RESULT,
+                body.freeze(),
+            );
+            c.write_all(&f.to_bytes()).await.unwrap();
+        }
         (s, c)
     });
     let (mut app, _session) = connect(&svc);
@@ -230,5 +251,49 @@ async fn a_throttled_schema_poll_is_asked_again() {
         connects.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "one session, one control connection"
+    );
+    // The proxy's own queries cost request units too: they are counted.
+    assert_eq!(
+        metric(&metrics, "entra_db_proxy_cosmos_request_units_total"),
+        1.25
+    );
+}
+
+/// A driver that sends its last request and half-closes still gets the answer, and what the
+/// answer was charged counts: the relay lets the upstream's answers through after the client's
+/// side ends (until the upstream closes too, at most a short linger).
+#[tokio::test]
+async fn after_a_half_close_the_answer_still_arrives_and_is_counted() {
+    use tokio::io::AsyncReadExt;
+    let (upstream, mut servers) = MemoryUpstream::new();
+    let (svc, metrics) = cosmos_service(upstream, RetryPolicy::default());
+    let server = tokio::spawn(async move {
+        let mut s = servers.recv().await.unwrap();
+        logged_in(&mut s).await;
+        assert_eq!(read_frame(&mut s).await.0, 3);
+        // The proxy passed the client's end on; the answer comes after it.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        s.write_all(&charged_result(3, 4.5)).await.unwrap();
+        s
+    });
+    let (mut app, session) = connect(&svc);
+    app.write_all(&startup(0)).await.unwrap();
+    assert_eq!(read_frame(&mut app).await.1, opcode::READY);
+    app.write_all(&query_frame(4, 3, "INSERT INTO ks.t (k) VALUES (3)").to_bytes())
+        .await
+        .unwrap();
+    app.shutdown().await.unwrap();
+    let (stream, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
+        .await
+        .expect("the answer after the half-close");
+    assert_eq!((stream, op), (3, opcode::RESULT));
+    let s = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+    drop(s);
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    assert_eq!(
+        metric(&metrics, "entra_db_proxy_cosmos_request_units_total"),
+        4.5
     );
 }
