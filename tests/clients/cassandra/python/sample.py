@@ -6,7 +6,8 @@ goes: AZURE_COSMOS_CONTACTPOINT / AZURE_COSMOS_PORT name the proxy, and the driv
 no auth provider and no SSL context.
 
 Then a workload: a keyspace and a table, ROWS rows written with a prepared statement
-(execute_concurrent_with_args), read back with paging, checked.
+(execute_concurrent_with_args), read back with paging, checked; logged batches of prepared
+statements.
 
 Environment:
   AZURE_COSMOS_CONTACTPOINT, AZURE_COSMOS_PORT  the proxy (default 127.0.0.1:9042)
@@ -20,7 +21,7 @@ Then an error the app handles: a query on a missing table raises the driver's In
 (CQL code 0x2200), which is caught, and the session goes on (a parameterised simple statement).
 
 Prints one line: `ok python cassandra-driver <version> protocol=v<N> hosts=<known hosts>
-dc=<data center> rows=<N> pages=<N> error=<caught error>`; exits non-zero with a traceback on
+dc=<data center> rows=<N> pages=<N> batch=logged error=<caught error>`; exits non-zero with a traceback on
 any failure.
 """
 
@@ -109,6 +110,20 @@ assert pages >= rows // fetch_size, f"expected paging, got {pages} page(s)"
 (count,) = session.execute("SELECT count(*) FROM items").one()
 assert count == rows, f"count(*) = {count}, want {rows}"
 
+# Logged batches of prepared statements: two rows in, read back, then out again (the table is
+# left as it was, so the program can run again on the same keyspace).
+from cassandra.query import BatchStatement, BatchType
+
+delete = session.prepare("DELETE FROM items WHERE id = ?")
+extra = [rows, rows + 1]
+for stmt, args, want in [(insert, lambda i: (i, f"batched {i}"), extra), (delete, lambda i: (i,), [])]:
+    batch = BatchStatement(batch_type=BatchType.LOGGED)
+    for i in extra:
+        batch.add(stmt, args(i))
+    session.execute(batch)
+    got = sorted(r.id for r in session.execute("SELECT id FROM items WHERE id IN (%s, %s)", extra))
+    assert got == want, f"after the batch: ids {got}, want {want}"
+
 # An error the app expects and handles: the session stays usable afterwards.
 from cassandra import InvalidRequest
 
@@ -128,7 +143,8 @@ compressed = "lz4" if getattr(conn, "compressor", None) is not None else "none"
 dcs = ",".join(sorted({str(h.datacenter) for h in hosts}))
 print(
     f"ok python cassandra-driver {cassandra.__version__} protocol=v{cluster.protocol_version} "
-    f"hosts={len(hosts)} dc={dcs} rows={read} pages={pages} error={caught} compression={compressed}"
+    f"hosts={len(hosts)} dc={dcs} rows={read} pages={pages} batch=logged error={caught} "
+    f"compression={compressed}"
 )
 sys.stdout.flush()
 cluster.shutdown()

@@ -7,7 +7,9 @@ import com.datastax.oss.driver.api.core.Version;
 import com.datastax.oss.driver.api.core.config.DefaultDriverOption;
 import com.datastax.oss.driver.api.core.config.DriverConfigLoader;
 import com.datastax.oss.driver.api.core.config.ProgrammaticDriverConfigLoaderBuilder;
+import com.datastax.oss.driver.api.core.cql.BatchStatement;
 import com.datastax.oss.driver.api.core.cql.BoundStatement;
+import com.datastax.oss.driver.api.core.cql.DefaultBatchType;
 import com.datastax.oss.driver.api.core.cql.PreparedStatement;
 import com.datastax.oss.driver.api.core.cql.ResultSet;
 import com.datastax.oss.driver.api.core.cql.Row;
@@ -40,7 +42,7 @@ import java.util.concurrent.atomic.AtomicReference;
  * (V4, V5...; unset: negotiate), ROWS (default 10000), FETCH_SIZE (default 500).
  *
  * <p>Prints one line: {@code ok java java-driver-core <version> protocol=v<N> hosts=<N> dc=<dc>
- * rows=<N> pages=<N> error=<caught error>}; exits non-zero on any failure.
+ * rows=<N> pages=<N> batch=logged error=<caught error>}; exits non-zero on any failure.
  */
 public final class CassandraSample {
   private static String env(String name, String dflt) {
@@ -134,6 +136,28 @@ public final class CassandraSample {
         throw new IllegalStateException("count(*) = " + count + ", want " + rows);
       }
 
+      // Logged batches of prepared statements: two rows in, read back, then out again (the
+      // table is left as it was, so the program can run again on the same keyspace).
+      PreparedStatement delete =
+          session.prepare("DELETE FROM " + keyspace + ".items WHERE id = ?");
+      SimpleStatement extra =
+          SimpleStatement.newInstance(
+              "SELECT id FROM " + keyspace + ".items WHERE id IN (?, ?)", rows, rows + 1);
+      session.execute(
+          BatchStatement.newInstance(
+              DefaultBatchType.LOGGED,
+              insert.bind(rows, "batched " + rows),
+              insert.bind(rows + 1, "batched " + (rows + 1))));
+      int batched = session.execute(extra).all().size();
+      session.execute(
+          BatchStatement.newInstance(
+              DefaultBatchType.LOGGED, delete.bind(rows), delete.bind(rows + 1)));
+      int left = session.execute(extra).all().size();
+      if (batched != 2 || left != 0) {
+        throw new IllegalStateException(
+            "batches: " + batched + " rows after the insert (want 2), " + left + " after the delete");
+      }
+
       // An error the app expects and handles: the session stays usable afterwards.
       String caught;
       try {
@@ -174,6 +198,7 @@ public final class CassandraSample {
               + read
               + " pages="
               + pages
+              + " batch=logged"
               + " error="
               + caught);
     }
