@@ -6,7 +6,8 @@
 //! `…/readonlykeys` (GET or POST) only the read-only pair. Errors are ARM's
 //! `{"error":{"code","message"}}`: 400 MissingApiVersionParameter, 401 AuthenticationFailed /
 //! InvalidAuthenticationToken / InvalidAuthenticationTokenAudience / ExpiredAuthenticationToken,
-//! 403 AuthorizationFailed ([`FakeAzure::set_arm_forbidden`](super::FakeAzure::set_arm_forbidden)),
+//! 403 AuthorizationFailed ([`FakeAzure::set_arm_forbidden`](super::FakeAzure::set_arm_forbidden),
+//! or an identity without a role assignment: [`FakeAzure::set_arm_authorized`](super::FakeAzure::set_arm_authorized)),
 //! 404 ResourceNotFound, and the faults of [`super::faults`] (429 TooManyRequests with
 //! `Retry-After`, 500, 503) before any other check. ARM is not affected by `set_down`.
 
@@ -68,6 +69,9 @@ pub fn random_key() -> String {
 pub(crate) struct ArmState {
     pub(crate) keys: CosmosKeys,
     pub(crate) forbidden: bool,
+    /// When set, the only client ids with a role assignment on the account (Azure RBAC): a
+    /// token of any other identity is refused 403 AuthorizationFailed.
+    pub(crate) authorized: Option<Vec<String>>,
     /// Answers for the next requests, in order (see [`super::faults`]).
     pub(crate) queued: VecDeque<ArmFault>,
     /// The answer to every request while set.
@@ -167,7 +171,17 @@ fn check(
             ),
         )));
     }
-    if lock(&shared.arm).forbidden {
+    let forbidden = {
+        let arm = lock(&shared.arm);
+        arm.forbidden
+            || arm.authorized.as_ref().is_some_and(|ids| {
+                !issued
+                    .client_id
+                    .as_ref()
+                    .is_some_and(|c| ids.iter().any(|a| a.eq_ignore_ascii_case(c)))
+            })
+    };
+    if forbidden {
         let oid = tokens::claims(token)
             .and_then(|c| c["oid"].as_str().map(str::to_owned))
             .unwrap_or_default();

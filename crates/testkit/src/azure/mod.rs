@@ -519,6 +519,12 @@ impl FakeAzure {
         lock(&self.shared.arm).forbidden = yes;
     }
 
+    /// Only these client ids may list the keys (their role assignments); `None`: any.
+    pub fn set_arm_authorized(&self, client_ids: Option<&[&str]>) {
+        lock(&self.shared.arm).authorized =
+            client_ids.map(|ids| ids.iter().map(|s| (*s).to_owned()).collect());
+    }
+
     /// The next `n` ARM requests answer 429 with `Retry-After: 1`.
     pub fn set_arm_throttle(&self, n: usize) {
         self.queue_arm_faults(&vec![
