@@ -8,7 +8,7 @@ use dbproxy_cassandra::{
 };
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
-use super::{LIMIT, connect, read_frame, response, service, startup, upstream_login};
+use super::{LIMIT, logged_in as ready_session, read_frame, response, service, upstream_login};
 use crate::{
     cassandra::{CassandraService, Cosmos},
     metrics::Metrics,
@@ -24,13 +24,18 @@ fn rate_limited(stream: i16, ms: u64) -> BytesMut {
 
 /// A RESULT Void with a `RequestCharge` custom payload.
 fn charged_result(stream: i16, charge: f64) -> BytesMut {
+    charged(stream, charge, &[0, 0, 0, 1])
+}
+
+/// A RESULT whose body is `result` (after the header), behind a `RequestCharge` custom payload.
+fn charged(stream: i16, charge: f64, result: &[u8]) -> BytesMut {
     let mut body = BytesMut::new();
     body.put_u16(1);
     body.put_u16(13);
     body.put_slice(b"RequestCharge");
     body.put_i32(8);
     body.put_f64(charge);
-    body.put_i32(1);
+    body.put_slice(result);
     Frame::new(
         4,
         true,
@@ -103,9 +108,7 @@ async fn throttled_requests_are_resent_on_their_stream_and_others_go_on() {
         s.write_all(&charged_result(1, 2.25)).await.unwrap();
         s
     });
-    let (mut app, _session) = connect(&svc);
-    app.write_all(&startup(0)).await.unwrap();
-    assert_eq!(read_frame(&mut app).await.1, opcode::READY);
+    let (mut app, _session) = ready_session(&svc).await;
     app.write_all(&both).await.unwrap();
     let (stream, op, _) = tokio::time::timeout(LIMIT, read_frame(&mut app))
         .await
@@ -160,9 +163,7 @@ async fn past_the_budget_the_original_error_reaches_the_driver() {
         .unwrap();
         s
     });
-    let (mut app, _session) = connect(&svc);
-    app.write_all(&startup(0)).await.unwrap();
-    assert_eq!(read_frame(&mut app).await.1, opcode::READY);
+    let (mut app, _session) = ready_session(&svc).await;
     app.write_all(&query_frame(4, 4, "SELECT 1").to_bytes())
         .await
         .unwrap();
@@ -210,29 +211,13 @@ async fn a_throttled_schema_poll_is_asked_again() {
         // The last poll's answers carry request charges, as every Cosmos response does.
         for charge in [0.5, 0.75] {
             let (stream, _, _) = read_frame(&mut c).await;
-            let plain = versions_result(stream, 3);
-            let mut body = BytesMut::new();
-            body.put_u16(1);
-            body.put_u16(13);
-            body.put_slice(b"RequestCharge");
-            body.put_i32(8);
-            body.put_f64(charge);
-            body.put_slice(&plain[9..]);
-            let f = Frame::new(
-                4,
-                true,
-                flags::CUSTOM_PAYLOAD,
-                stream,
-                opcode::RESULT,
-                body.freeze(),
-            );
-            c.write_all(&f.to_bytes()).await.unwrap();
+            c.write_all(&charged(stream, charge, &versions_result(stream, 3)[9..]))
+                .await
+                .unwrap();
         }
         (s, c)
     });
-    let (mut app, _session) = connect(&svc);
-    app.write_all(&startup(0)).await.unwrap();
-    assert_eq!(read_frame(&mut app).await.1, opcode::READY);
+    let (mut app, _session) = ready_session(&svc).await;
     app.write_all(&query_frame(4, 10, "CREATE TABLE ks.t (k int PRIMARY KEY)").to_bytes())
         .await
         .unwrap();
@@ -278,9 +263,7 @@ async fn after_a_half_close_the_answer_still_arrives_and_is_counted() {
         s.write_all(&charged_result(3, 4.5)).await.unwrap();
         s
     });
-    let (mut app, session) = connect(&svc);
-    app.write_all(&startup(0)).await.unwrap();
-    assert_eq!(read_frame(&mut app).await.1, opcode::READY);
+    let (mut app, session) = ready_session(&svc).await;
     app.write_all(&query_frame(4, 3, "INSERT INTO ks.t (k) VALUES (3)").to_bytes())
         .await
         .unwrap();
