@@ -83,7 +83,13 @@ pub fn schema_versions(frame: &Frame) -> Result<Vec<Bytes>, CqlError> {
     let meta = result::read_rows_metadata(&mut r)?;
     let rows = r.int()?;
     let mut out = Vec::new();
-    for _ in 0..rows.max(0) {
+    // Rows of no columns carry no bytes (and no version): a huge count must not mean a loop.
+    let rows = if meta.columns_count == 0 {
+        0
+    } else {
+        rows.max(0)
+    };
+    for _ in 0..rows {
         for col in 0..meta.columns_count {
             let v = r.bytes()?;
             if col == 0
@@ -122,6 +128,20 @@ mod tests {
         rows.put_i32(1); // void
         let f = Frame::new(4, true, 0, 3, opcode::RESULT, rows.freeze());
         assert!(!is_schema_change(&f, BodyCompression::None, 1024));
+    }
+
+    #[test]
+    fn rows_of_no_columns_have_no_versions_whatever_their_count() {
+        // 2^31 - 1 rows of no columns: nothing to read, answered at once (not a loop).
+        let mut body = BytesMut::new();
+        body.put_i32(2); // Rows
+        body.put_i32(0x0001);
+        body.put_i32(0);
+        wire::put_string(&mut body, "system");
+        wire::put_string(&mut body, "peers");
+        body.put_i32(i32::MAX);
+        let f = Frame::new(4, true, 0, 1, opcode::RESULT, body.freeze());
+        assert!(schema_versions(&f).unwrap().is_empty());
     }
 
     #[test]

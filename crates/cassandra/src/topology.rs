@@ -419,6 +419,9 @@ impl TopologyRewriter {
                 let count = usize::try_from(count)
                     .map_err(|_| CqlError::malformed("RESULT Rows", "negative row count"))?;
                 out.put_i32(count as i32);
+                // Rows of no columns carry no bytes: nothing to rewrite, however many the count
+                // claims (looping over 2^31 empty rows would stall the relay for seconds).
+                let count = if columns == 0 { 0 } else { count };
                 let mut row: Vec<Option<&[u8]>> = Vec::with_capacity(columns.min(1024));
                 for _ in 0..count {
                     row.clear();

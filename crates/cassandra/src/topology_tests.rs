@@ -561,6 +561,32 @@ fn malformed_result_of_a_tracked_stream_is_an_error() {
 }
 
 #[test]
+fn rows_of_no_columns_are_relayed_as_they_are_whatever_their_count() {
+    // A RESULT Rows of zero columns claiming 2^31 - 1 rows: no cells to rewrite, so the
+    // frame goes on unchanged at once (the fuzzer's cql_topology timeout: the rewriter used to
+    // loop over every empty row, seconds of CPU per frame).
+    let mut rw = TopologyRewriter::new(topology());
+    rw.on_client_frame(
+        &query(1, "SELECT * FROM system.local", 0),
+        BodyCompression::None,
+    )
+    .unwrap();
+    let mut body = BytesMut::new();
+    body.put_i32(2); // Rows
+    body.put_i32(0x0001); // global table spec
+    body.put_i32(0); // no columns
+    crate::wire::put_string(&mut body, "system");
+    crate::wire::put_string(&mut body, "local");
+    body.put_i32(i32::MAX); // rows
+    let body = body.freeze();
+    let out = forwarded(
+        rw.on_upstream_frame(result(1, 0, body.clone()), BodyCompression::None)
+            .unwrap(),
+    );
+    assert_eq!(out.body, body);
+}
+
+#[test]
 fn unspecified_listen_address_shows_loopback() {
     let t = Topology {
         listen: "0.0.0.0:9042".parse().unwrap(),
