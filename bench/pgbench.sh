@@ -11,27 +11,35 @@
 #   haproxy    pgbench → HAProxy (TCP mode) → PostgreSQL, TLS end to end (verify-full)
 # pgbouncer and HAProxy are installed from Debian when missing (apt-get, as root or via sudo).
 # Workloads: `-S -M prepared` at 1, 8 and 32 clients (the relay's cost per message); `-S -C`
-# at 4 clients, a new connection per transaction (login cost; pgbench's average connection
-# time); `COPY … TO STDOUT` and `COPY … FROM STDIN` of COPY_MB (default 500) MB (bulk).
-# Every ratio is throughput / direct's (for COPY: direct's time / the target's). The proxy's
-# own CPU per transaction (user + system, /proc/PID/stat over its runs) is printed too.
+# at 4 clients, a new connection per transaction as fast as they go (login cost; pgbench's
+# average connection time); the same at CONNECT_RATE (default 40) connections per second, the
+# way an app that connects per request behaves (what warm sessions are for: a tight -C loop
+# is bound by the upstream's login rate, as each warm session serves one client only);
+# `COPY … TO STDOUT` and `COPY … FROM STDIN` of COPY_MB (default 500) MB (bulk).
+# Every ratio is throughput / direct's (for COPY: direct's time / the target's). The CPU per
+# transaction (user + system, /proc/PID/stat over its runs) of the process in the middle (the
+# proxy, pgbouncer, HAProxy) is printed too.
 #
 # Usage: bench/pgbench.sh            ROUNDS=3 DURATION=10 (s per run), about 12 minutes
 #        ROUNDS=1 DURATION=5 COPY_MB=100 bench/pgbench.sh    a short run, about 3 minutes
 # Environment: ROUNDS, DURATION, COPY_MB, TARGETS (default "direct proxy pgbouncer haproxy"),
-# WARM_SESSIONS (default 4), PROXY_ARGS (extra entra-db-proxy flags for both proxies).
+# WORKLOADS (default "S C CR copy": -S, -C, -C at a rate, COPY), CONNECT_RATE, WARM_SESSIONS
+# (default 4), PROXY_ARGS (extra entra-db-proxy flags for both proxies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
 secs="${DURATION:-10}"
 copy_mb="${COPY_MB:-500}"
 warm_n="${WARM_SESSIONS:-4}"
+connect_rate="${CONNECT_RATE:-40}"
+read -r -a workloads <<<"${WORKLOADS:-S C CR copy}"
 read -r -a targets <<<"${TARGETS:-direct proxy pgbouncer haproxy}"
 work=$(mktemp -d)
 # shellcheck source=bench/pg-common.sh
 . bench/pg-common.sh
 
 have() { printf '%s\n' "${targets[@]}" | grep -qx "$1"; }
+run_workload() { printf '%s\n' "${workloads[@]}" | grep -qx "$1"; }
 need_apt=()
 have pgbouncer && ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && need_apt+=(pgbouncer)
 have haproxy && ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ] && need_apt+=(haproxy)
@@ -60,7 +68,8 @@ done
 warm_port=
 if [ -n "$warm_flag" ]; then
   warm_port=$(free_port)
-  start_proxy warm "$warm_port" -- "$warm_flag" "$warm_n" "${extra[@]}"
+  warm_admin=$(free_port)
+  start_proxy warm "$warm_port" -- "$warm_flag" "$warm_n" --admin-listen "127.0.0.1:$warm_admin" "${extra[@]}"
   warm_pid=$proxy_pid
 else
   echo "note: this entra-db-proxy has no warm_sessions setting; the warm -C rows are skipped" >&2
@@ -94,6 +103,8 @@ EOF
   "${as[@]}" pgbouncer "$work/pgbouncer.ini" 2>>"$work/pgbouncer.err" &
   pids+=($!)
   wait_port "$bouncer_port" || { echo "pgbouncer did not start:" >&2; cat "$work/pgbouncer.err" "$work/bouncer/pgbouncer.log" >&2; exit 1; }
+  # runuser forks: pgbouncer itself is the process started with this configuration file.
+  bouncer_pid=$(pgrep -f -n "^pgbouncer $work/pgbouncer.ini" || true)
   PGSSLMODE=disable psql -qAtX -h 127.0.0.1 -p "$bouncer_port" -U "$STANDINS_BENCH_USER" -c "SELECT 1" "$STANDINS_DB" >/dev/null ||
     { echo "pgbouncer cannot log in upstream:" >&2; tail -20 "$work/bouncer/pgbouncer.log" >&2; exit 1; }
 fi
@@ -115,6 +126,7 @@ backend pg
 EOF
   haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.err" &
   pids+=($!)
+  haproxy_pid=$!
   wait_port "$haproxy_port" || { echo "HAProxy did not start:" >&2; cat "$work/haproxy.err" >&2; exit 1; }
 fi
 
@@ -130,8 +142,13 @@ conn() {
       conn_args=(-h 127.0.0.1 -p "$haproxy_port" -U "$STANDINS_BENCH_USER" "$STANDINS_DB") ;;
   esac
 }
-# The proxy process serving TARGET (empty: none of ours).
-pid_of() { case "$1" in proxy) echo "$cold_pid" ;; warm) echo "$warm_pid" ;; *) echo ;; esac; }
+# The process in the middle for TARGET (empty: none, or not found).
+pid_of() {
+  case "$1" in
+    proxy) echo "$cold_pid" ;; warm) echo "$warm_pid" ;;
+    pgbouncer) echo "${bouncer_pid:-}" ;; haproxy) echo "${haproxy_pid:-}" ;; *) echo ;;
+  esac
+}
 
 conn proxy
 env "${conn_env[@]}" pgbench -i -s 10 -q "${conn_args[@]}" >/dev/null 2>&1
@@ -194,16 +211,25 @@ done
 echo "pgbench.sh: ${rounds} round(s), ${secs} s per run, COPY ${copy_mb} MB; targets: ${targets[*]}${warm_port:+ (+ warm, $warm_flag $warm_n)}; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for r in $(seq 1 "$rounds"); do
   echo "round $r/$rounds…" >&2
-  for c in 1 8 32; do
-    for t in "${s_targets[@]}"; do pgb_run "S-c$c" "$t" -S -M prepared -c "$c" -j $((c < 2 ? 1 : 2)); done
-  done
-  for t in "${c_targets[@]}"; do pgb_run "C-c4" "$t" -S -C -c 4 -j 2; done
-  for dir in out in; do
-    for t in "${targets[@]}"; do copy_run "$dir" "$t"; done
-  done
+  if run_workload S; then
+    for c in 1 8 32; do
+      for t in "${s_targets[@]}"; do pgb_run "S-c$c" "$t" -S -M prepared -c "$c" -j $((c < 2 ? 1 : 2)); done
+    done
+  fi
+  if run_workload C; then
+    for t in "${c_targets[@]}"; do pgb_run "C-c4" "$t" -S -C -c 4 -j 2; done
+  fi
+  if run_workload CR; then
+    for t in "${c_targets[@]}"; do pgb_run "CR-c4" "$t" -S -C -c 4 -j 2 -R "$connect_rate"; done
+  fi
+  if run_workload copy; then
+    for dir in out in; do
+      for t in "${targets[@]}"; do copy_run "$dir" "$t"; done
+    done
+  fi
 done
 
-python3 - "$results" "$rounds" "$secs" "$copy_mb" <<'EOF'
+python3 - "$results" "$rounds" "$secs" "$copy_mb" "$connect_rate" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 order = ["direct", "proxy", "warm", "pgbouncer", "haproxy"]
@@ -222,6 +248,8 @@ names = {
     "S-c32": "-S -M prepared, 32 clients (tps)",
     "C-c4": "-S -C, 4 clients (tps)",
     "C-c4/connect-ms": "-S -C, 4 clients: avg connect (ms)",
+    "CR-c4": f"-S -C -R {sys.argv[5]}, 4 clients (tps)",
+    "CR-c4/connect-ms": f"-S -C -R {sys.argv[5]}, 4 clients: avg connect (ms)",
     "copy-out": f"COPY TO STDOUT, {sys.argv[4]} MB (s)",
     "copy-in": f"COPY FROM STDIN, {sys.argv[4]} MB (s)",
 }
@@ -247,6 +275,20 @@ for w, name in names.items():
     print(f"{name:<38}" + "".join(cells))
 for (w, t), v in sorted(cpu.items()):
     if w in names and not w.endswith("connect-ms"):
-        print(f"proxy CPU per transaction, {names[w].split(' (')[0]} [{t}]: {statistics.median(v):.1f} µs")
+        print(f"CPU per transaction, {names[w].split(' (')[0]} [{t}]: {statistics.median(v):.1f} µs")
 EOF
+if [ -n "$warm_port" ]; then
+  # How the warm proxy's clients were served: hits, and misses by reason (a miss is a cold login).
+  python3 - "$warm_admin" <<'EOF'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+hits = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("entra_db_proxy_warm_session_hits_total{"))
+misses = {}
+for l in text.splitlines():
+    if l.startswith("entra_db_proxy_warm_session_misses_total{"):
+        reason = l.split('reason="', 1)[1].split('"', 1)[0]
+        misses[reason] = misses.get(reason, 0) + float(l.split()[-1])
+print(f"warm sessions [warm]: {hits:.0f} hits, misses: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(misses.items())) or "none"))
+EOF
+fi
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -370,6 +370,34 @@ pub fn apply_request(settings: &[(String, String)]) -> BytesMut {
     out
 }
 
+/// The statement that primes a new warm session: it reads a setting and changes none.
+pub const PRIME: &str = "SELECT pg_catalog.current_setting($1)";
+
+/// One round trip that readies a new backend for [`apply_request`] without changing anything:
+/// Parse [`SET_CONFIG`] (its catalog lookups), then Parse, Bind and Execute [`PRIME`] (the
+/// executor's first run), Close, Sync. Its answer reads with [`ApplyReader`] and reports nothing.
+pub fn prime_request() -> BytesMut {
+    let mut out = BytesMut::new();
+    let _ = frontend::parse("", SET_CONFIG, [25, 25], &mut out);
+    let _ = frontend::parse("", PRIME, [25], &mut out);
+    let _ = frontend::bind(
+        "",
+        "",
+        [0i16],
+        [b"application_name".as_slice()],
+        |v, buf| {
+            buf.put_slice(v);
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0i16],
+        &mut out,
+    );
+    let _ = frontend::execute("", 0, &mut out);
+    let _ = frontend::close(b'S', "", &mut out);
+    frontend::sync(&mut out);
+    out
+}
+
 /// ParameterStatus reports as (name, value), in the order sent.
 pub type Reports = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -204,6 +204,29 @@ fn apply_request_binds_values_and_never_splices_them_into_sql() {
     assert!(String::from_utf8_lossy(bind).contains(hostile));
 }
 
+#[test]
+fn prime_request_parses_the_hand_over_statement_and_only_reads_a_setting() {
+    let req = prime_request();
+    let parts = split(req);
+    let tags: String = parts.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, "PPBECS");
+    assert!(String::from_utf8_lossy(&parts[0].1).contains(SET_CONFIG));
+    assert!(String::from_utf8_lossy(&parts[1].1).contains(PRIME));
+    assert!(String::from_utf8_lossy(&parts[2].1).contains("application_name"));
+    // Its answer (two ParseComplete, a row, no ParameterStatus) reads as "nothing changed".
+    let mut buf = answer(&[
+        msg(b'1', b""),
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'D', b"\0\x01\0\0\0\0"),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'3', b""),
+        msg(b'Z', b"I"),
+    ]);
+    assert_eq!(ApplyReader::new().feed(&mut buf).unwrap(), Some(vec![]));
+    assert!(buf.is_empty());
+}
+
 fn answer(parts: &[BytesMut]) -> BytesMut {
     let mut b = BytesMut::new();
     for p in parts {

@@ -5,7 +5,9 @@
 //! - **Filled in the background** ([`PostgresService::spawn_warm`]): up to N logins at once,
 //!   through the same path as a cold session ([`PostgresService::attempt`] under
 //!   [`session::login_with_retry`]); the greeting (AuthenticationOk through ReadyForQuery) is
-//!   captured ([`Greeting`]). A failed login backs off (200 ms doubling to 30 s, with jitter).
+//!   captured ([`Greeting`]), then the backend is primed (`prime_request`: the hand-over's
+//!   statement parsed, a setting read) so its first-statement costs are paid before a client
+//!   waits. A failed login backs off (200 ms doubling to 30 s, with jitter).
 //! - **Retired** before `warm_session_max_age` (each at a random point in its last quarter, so
 //!   they do not all go at once), and discarded as soon as the server closes one or sends it
 //!   anything ([`Connector::idle_closed`], checked every second and before every hand-over).
@@ -27,7 +29,7 @@ use bytes::BytesMut;
 use dbproxy_postgres::{
     ProtocolVersion,
     startup::StartupMessage,
-    warm::{ApplyReader, Greeting, Miss, apply_request, plan},
+    warm::{ApplyReader, Greeting, Miss, apply_request, plan, prime_request},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -262,6 +264,15 @@ impl<C: Connector> PostgresService<C> {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err("no ReadyForQuery within the handshake timeout".into()),
         }
+        // Prime the new backend (`prime_request`: parse the hand-over's statement, run a read
+        // of a setting) so that a backend's first-statement costs (milliseconds: catalog
+        // lookups, the executor's first run; docs/PERFORMANCE.md) are paid now, not while a
+        // client waits. Nothing is changed or kept.
+        match self.exchange(&mut stream, prime_request()).await {
+            Ok(changed) if changed.is_empty() => {}
+            Ok(_) => return Err("the server reported a parameter while priming".into()),
+            Err(e) => return Err(format!("priming: {e}")),
+        }
         let max_age = self.warm.settings.max_age;
         let lifetime = max_age.mul_f64(0.75 + 0.25 * random_unit());
         Ok(Warm {
@@ -309,7 +320,6 @@ impl<C: Connector> PostgresService<C> {
                 return miss(miss_label(m));
             }
         };
-        self.warm.wake.notify_one();
         let changed = if settings.is_empty() {
             Vec::new()
         } else {
@@ -318,10 +328,14 @@ impl<C: Connector> PostgresService<C> {
                 Err(e) => {
                     tracing::debug!(error = %Escaped(&e), "parameters not applied to a warm session; cold path");
                     self.metrics.warm_discarded("apply_failed");
+                    self.warm.wake.notify_one();
                     return miss("apply_failed");
                 }
             }
         };
+        // The refill starts once this client has its session: a login's TLS handshake is CPU
+        // work on the same runtime, and would delay this hand-over's round trip.
+        self.warm.wake.notify_one();
         self.metrics.warm_hit();
         Some((warm.stream, warm.greeting.render(&changed)))
     }
@@ -351,9 +365,18 @@ impl<C: Connector> PostgresService<C> {
         stream: &mut C::Stream,
         settings: &[(String, String)],
     ) -> Result<dbproxy_postgres::warm::Reports, String> {
+        self.exchange(stream, apply_request(settings)).await
+    }
+
+    /// Sends `request` (an [`apply_request`] or a [`prime_request`]) and reads its answer.
+    async fn exchange(
+        &self,
+        stream: &mut C::Stream,
+        request: BytesMut,
+    ) -> Result<dbproxy_postgres::warm::Reports, String> {
         let exchange = async {
             stream
-                .write_all(&apply_request(settings))
+                .write_all(&request)
                 .await
                 .map_err(|e| e.to_string())?;
             stream.flush().await.map_err(|e| e.to_string())?;

@@ -24,13 +24,30 @@ fn warm_service(upstream: MemoryUpstream) -> Arc<PostgresService<MemoryUpstream>
     })
 }
 
-/// The server side of a login: startup, cleartext password, the greeting. Returns the
-/// startup's parameters.
+/// The server side of a warm login: startup, cleartext password, the greeting, then the
+/// priming round trip (Parse, Parse, Bind, Execute, Close, Sync: a setting read, nothing
+/// changed). Returns the startup's parameters.
 async fn serve_login(server: &mut DuplexStream) -> Vec<(String, String)> {
     let params = read_startup(server).await;
     server.write_all(&auth(3)).await.unwrap();
     assert_eq!(read_msg(server).await.0, b'p');
     server.write_all(&session_start()).await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..6 {
+        tags.push(read_msg(server).await.0);
+    }
+    assert_eq!(tags, b"PPBECS");
+    for (tag, body) in [
+        (b'1', &b""[..]),
+        (b'1', b""),
+        (b'2', b""),
+        (b'D', b"\0\x01\0\0\0\0"),
+        (b'C', b"SELECT 1\0"),
+        (b'3', b""),
+        (b'Z', b"I"),
+    ] {
+        server.write_all(&msg(tag, body)).await.unwrap();
+    }
     params
 }
 
