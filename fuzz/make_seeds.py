@@ -373,11 +373,26 @@ write("kube_responses", "list_only", b"\x00\x00" + LIST.encode())
 write("kube_responses", "watch_bad_line", b"\x00\x00{}\n" + b'{"type":"NOPE","object":{}}\n')
 # built: cmd % 5 (0 ADDED, 1 MODIFIED, 2 DELETED, 3 list of (cmd >> 3) % 5 pods, 4 failure),
 # each pod 3 bytes (uid | name << 3; ns | sa << 1 | phase << 3 | host << 7; podIP | podIPs << 3)
-write("kube_responses", "built_same_ip", bytes([1, 3 | 2 << 3, 0, 0, 1 | 1 << 3, 1 | 2 << 1, 0, 1,
-                                                0, 0x80, 0x08 | 1, 2, 2 | 1 << 3, 0, 0]))
-write("kube_responses", "built_other_sa", bytes([1, 3 | 3 << 3, 0 | 0 << 3, 0, 1, 1 | 2 << 3, 1 << 1, 2,
-                                                 2 | 1 << 3, 0x80, 3, 4, 3 | 1 << 3, 0, 1]))
-write("kube_responses", "built_pending_default_sa", bytes([1, 0, 0, 2 << 1 | 1 << 3, 1, 0, 1, 3 << 1, 2]))
+def kcmd(kind, count=0):
+    """A built-mode command: kind % 5 is the command, (byte >> 3) % 5 a list's pod count."""
+    return next(b for b in range(256) if b % 5 == kind and (b >> 3) % 5 == count)
+
+
+def kpod(uid, name, ns=0, sa=0, phase=0, host=False, ip=0, ips=0):
+    return bytes([uid | name << 3, ns | sa << 1 | phase << 3 | (0x80 if host else 0), ip | ips << 3])
+
+
+# Three pods on 10.0.0.2: a running one, a host-network one, then another running one added.
+write("kube_responses", "built_same_ip", b"\x01" + bytes([kcmd(3, 2)]) + kpod(0, 0, ip=1)
+      + kpod(1, 1, host=True, ip=1) + bytes([kcmd(0)]) + kpod(2, 2, ip=1, ips=0b0011))
+# A running pod of another service account (u0, "a") first by name: preferring it for ns/sa
+# must still give sa's own pod.
+write("kube_responses", "built_other_sa", b"\x01" + bytes([kcmd(3, 3)]) + kpod(0, 0, sa=1)
+      + kpod(1, 3, ip=2) + kpod(2, 1, host=True, ip=3) + bytes([kcmd(1)]) + kpod(3, 2, ns=1, ip=2))
+# A pending pod without a service account, one with an empty one, an API failure, a new list.
+write("kube_responses", "built_pending_default_sa", b"\x01" + bytes([kcmd(3, 1)])
+      + kpod(0, 0, sa=2, phase=1, ip=1) + bytes([kcmd(0)]) + kpod(1, 1, sa=3, ip=2)
+      + bytes([kcmd(4), kcmd(3, 0), kcmd(2)]) + kpod(1, 1))
 for name, body in [
     ("status_forbidden", '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":'
         '"pods is forbidden: User \\"system:serviceaccount:p:p\\" cannot list resource \\"pods\\"",'
