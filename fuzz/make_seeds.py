@@ -417,3 +417,7 @@ for name, body in [
     ("token_truncated", '{"status":{"token":"eyJ.secret'),
 ]:
     write("kube_responses", name, b"\x04" + body.encode())
+# Not UTF-8 in a field the parser ignores: a ServiceAccount for the parser, no JSON Value
+# (what the first 600 s run stopped on, a target bug).
+write("kube_responses", "service_account_bad_utf8_ignored_field",
+      b'\x03{"kind":"ServiceAcc\x9dount","metadata":{"annotations":{"a":"b"}}}')

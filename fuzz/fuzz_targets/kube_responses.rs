@@ -324,7 +324,11 @@ fn service_account(body: &[u8]) {
     let Ok(sa) = fuzzing::parse_service_account(body) else {
         return;
     };
-    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    // serde_json skips the fields the parser ignores without checking their UTF-8: such a body
+    // parses as a ServiceAccount but not as a Value, and there is nothing to compare with.
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
     let want = v["metadata"]["annotations"]
         .as_object()
         .cloned()
