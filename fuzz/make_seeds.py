@@ -303,3 +303,121 @@ for name, secret, body in [
 ]:
     s = secret.encode()
     write("credential_responses", name, bytes([5, len(s)]) + s + body.encode())
+
+# ---- Cosmos DB: throttled ERRORs, request charges, the retry tracker -----------------------
+# Byte 0: 0 built ERROR (flags, code selector, compression, message start, message), 1 raw
+# response (flags, opcode, compression, body), 2 built custom payload, 3 RetryTracker.
+RATE = ("Request rate is large: ActivityID=0a1b, RetryAfterMs=12, Additional details='Response "
+        "status code does not indicate success: TooManyRequests (429); Substatus: 3200; ActivityId: "
+        "0a1b; Reason: ({ \"Errors\": [ \"Request rate is large.\" ] });")
+write("cosmos_responses", "rate_limit", bytes([0, 0, 0, 0, 3]) + RATE.encode())
+write("cosmos_responses", "rate_limit_no_wait", bytes([0, 0, 0, 0, 3])
+      + b"Request rate is large: ActivityID=x, Additional details='TooManyRequests (429)")
+write("cosmos_responses", "rate_limit_prefixes_lz4", bytes([0, 0x0E, 0, 1, 0]) + b"34, x")
+write("cosmos_responses", "rate_limit_huge_wait", bytes([0, 0x04, 0, 2, 0]) + b"18446744073709551615")
+write("cosmos_responses", "overloaded_not_rate", bytes([0, 0, 0, 0, 2]))
+write("cosmos_responses", "other_code", bytes([0, 0, 2, 0, 3]) + RATE.encode())
+
+
+def charged_body(flags_extra, charge, rest):
+    body = b""
+    if flags_extra & 0x08:
+        body += struct.pack(">H", 1) + cql_string("warn")
+    body += struct.pack(">H", 2) + cql_string("foo") + be32(1) + b"\x09"
+    body += cql_string("RequestCharge") + be32(len(charge)) + charge + rest
+    return body
+
+
+write("cosmos_responses", "raw_charge", bytes([1, 0x04, 0x08, 0])
+      + charged_body(0, struct.pack(">d", 2.79), b"\x00\x00\x00\x01"))
+write("cosmos_responses", "raw_charge_warning", bytes([1, 0x0C, 0x08, 0])
+      + charged_body(0x08, struct.pack(">d", 5.5), b""))
+write("cosmos_responses", "raw_charge_short", bytes([1, 0x04, 0x08, 0]) + charged_body(0, b"\x01\x02\x03", b""))
+write("cosmos_responses", "raw_error", bytes([1, 0x00, 0x00, 0]) + be32(0x1001) + cql_string(RATE))
+write("cosmos_responses", "raw_garbage_error", bytes([1, 0, 0, 0, 0, 0, 0x10, 1, 0xff]))
+# built payload: flags, count, then (key selector, value selector, value) per entry
+write("cosmos_responses", "payload", bytes([2, 0x00, 2, 1, 2, 1, 9, 0, 1]) + struct.pack(">d", 2.79))
+write("cosmos_responses", "payload_warning_tracing", bytes([2, 0x0A, 1, 0, 1]) + struct.pack(">d", 5.5))
+write("cosmos_responses", "payload_negative", bytes([2, 0, 1, 0, 1]) + struct.pack(">d", -1.0))
+write("cosmos_responses", "payload_null", bytes([2, 0, 2, 0, 0, 0, 1]) + struct.pack(">d", 1.0))
+# RetryTracker: policy (retries, wait/4 ms, fixed backoff ms, cap/8 bytes), then (op, stream, arg)
+write("cosmos_responses", "retry_budget", bytes([3, 2, 25, 30, 128, 0, 1, 20, 1, 1, 13, 1, 1, 13, 1, 1, 13]))
+write("cosmos_responses", "retry_total_wait", bytes([3, 10, 25, 30, 128, 0, 1, 20] + [1, 1, 0] * 5))
+write("cosmos_responses", "retry_cap_and_kinds", bytes([3, 2, 25, 30, 4, 0, 2, 40, 12, 3, 5, 0, 1, 1,
+                                                       1, 2, 1, 2, 1, 0, 3, 1, 0, 1, 1]))
+write("cosmos_responses", "retry_off", bytes([3, 0, 25, 30, 128, 0, 1, 20, 1, 1, 13]))
+write("cosmos_responses", "retry_unbounded", bytes([3, 0xff, 0xff, 0xff, 0xff, 0, 0, 9]
+                                                   + [1, 0, 2] * 40 + [1, 0, 0] * 2))
+
+# ---- Kubernetes API answers: pod list + watch, Status, ServiceAccount, TokenRequest ---------
+# Byte 0: 0 raw list + watch (chunking byte, list line, event lines), 1 built pods, 2 Status
+# body, 3 ServiceAccount, 4 TokenRequest.
+POD = ('{"metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"7"},"spec":'
+       '{"serviceAccountName":"sa","nodeName":"node1","hostNetwork":false},"status":{"phase":'
+       '"Running","podIP":"10.0.0.5","podIPs":[{"ip":"10.0.0.5"}]}}')
+HOST_POD = ('{"metadata":{"name":"h","namespace":"kube-system","uid":"uh"},"spec":{"hostNetwork":true},'
+            '"status":{"phase":"Running","podIP":"10.224.0.4"}}')
+OTHER_SA = ('{"metadata":{"name":"b","namespace":"n","uid":"ub"},"spec":{"serviceAccountName":"other"},'
+            '"status":{"phase":"Running","podIPs":[{"ip":"10.0.0.6"},{"ip":"fd00::6"}]}}')
+LIST = '{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1234"},"items":[%s,%s]}' % (POD, HOST_POD)
+EVENTS = "\n".join([
+    '{"type":"ADDED","object":%s}' % OTHER_SA,
+    '{"type":"MODIFIED","object":%s}' % POD.replace('"Running"', '"Succeeded"'),
+    '{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"9"}}}',
+    '{"type":"DELETED","object":%s}' % HOST_POD,
+    '{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old resource version"}}',
+]) + "\n"
+write("kube_responses", "list_watch", b"\x00\x00" + (LIST + "\n" + EVENTS).encode())
+write("kube_responses", "list_watch_chunked", b"\x00\x13" + (LIST + "\n" + EVENTS).encode())
+write("kube_responses", "list_only", b"\x00\x00" + LIST.encode())
+write("kube_responses", "watch_bad_line", b"\x00\x00{}\n" + b'{"type":"NOPE","object":{}}\n')
+# built: cmd % 5 (0 ADDED, 1 MODIFIED, 2 DELETED, 3 list of (cmd >> 3) % 5 pods, 4 failure),
+# each pod 3 bytes (uid | name << 3; ns | sa << 1 | phase << 3 | host << 7; podIP | podIPs << 3)
+def kcmd(kind, count=0):
+    """A built-mode command: kind % 5 is the command, (byte >> 3) % 5 a list's pod count."""
+    return next(b for b in range(256) if b % 5 == kind and (b >> 3) % 5 == count)
+
+
+def kpod(uid, name, ns=0, sa=0, phase=0, host=False, ip=0, ips=0):
+    return bytes([uid | name << 3, ns | sa << 1 | phase << 3 | (0x80 if host else 0), ip | ips << 3])
+
+
+# Three pods on 10.0.0.2: a running one, a host-network one, then another running one added.
+write("kube_responses", "built_same_ip", b"\x01" + bytes([kcmd(3, 2)]) + kpod(0, 0, ip=1)
+      + kpod(1, 1, host=True, ip=1) + bytes([kcmd(0)]) + kpod(2, 2, ip=1, ips=0b0011))
+# A running pod of another service account (u0, "a") first by name: preferring it for ns/sa
+# must still give sa's own pod.
+write("kube_responses", "built_other_sa", b"\x01" + bytes([kcmd(3, 3)]) + kpod(0, 0, sa=1)
+      + kpod(1, 3, ip=2) + kpod(2, 1, host=True, ip=3) + bytes([kcmd(1)]) + kpod(3, 2, ns=1, ip=2))
+# A pending pod without a service account, one with an empty one, an API failure, a new list.
+write("kube_responses", "built_pending_default_sa", b"\x01" + bytes([kcmd(3, 1)])
+      + kpod(0, 0, sa=2, phase=1, ip=1) + bytes([kcmd(0)]) + kpod(1, 1, sa=3, ip=2)
+      + bytes([kcmd(4), kcmd(3, 0), kcmd(2)]) + kpod(1, 1))
+for name, body in [
+    ("status_forbidden", '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":'
+        '"pods is forbidden: User \\"system:serviceaccount:p:p\\" cannot list resource \\"pods\\"",'
+        '"reason":"Forbidden","details":{"kind":"pods"},"code":403}'),
+    ("status_reason", '{"reason":"NotFound"}'),
+    ("status_html", '<html><body>502 Bad Gateway</body></html>'),
+]:
+    write("kube_responses", name, b"\x02" + body.encode())
+for name, body in [
+    ("service_account", '{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"name":"sa","namespace":"n",'
+        '"annotations":{"azure.workload.identity/client-id":"00000000-0000-0000-0000-000000000001",'
+        '"azure.workload.identity/tenant-id":"t","entra-db-proxy/postgres-user":"app"}}}'),
+    ("service_account_bare", '{}'),
+    ("service_account_bad", '{"metadata":{"annotations":{"a":1}}}'),
+]:
+    write("kube_responses", name, b"\x03" + body.encode())
+for name, body in [
+    ("token_request", '{"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1","spec":{"audiences":'
+        '["api://AzureADTokenExchange"],"expirationSeconds":3600},"status":{"token":"%s",'
+        '"expirationTimestamp":"2030-01-01T00:00:00Z"}}' % JWT),
+    ("token_empty", '{"status":{"token":""}}'),
+    ("token_truncated", '{"status":{"token":"eyJ.secret'),
+]:
+    write("kube_responses", name, b"\x04" + body.encode())
+# Not UTF-8 in a field the parser ignores: a ServiceAccount for the parser, no JSON Value
+# (what the first 600 s run stopped on, a target bug).
+write("kube_responses", "service_account_bad_utf8_ignored_field",
+      b'\x03{"kind":"ServiceAcc\x9dount","metadata":{"annotations":{"a":"b"}}}')

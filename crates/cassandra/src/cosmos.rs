@@ -198,7 +198,11 @@ impl RetryTracker {
             return false;
         }
         let len = frame.encoded_len();
-        if self.held_bytes + len > self.policy.max_held_bytes {
+        if self
+            .held_bytes
+            .checked_add(len)
+            .is_none_or(|total| total > self.policy.max_held_bytes)
+        {
             return false;
         }
         let frame = Frame {
@@ -242,12 +246,17 @@ impl RetryTracker {
         let Some(held) = self.held.get_mut(&stream) else {
             return RetryDecision::GiveUp;
         };
-        if held.retries >= policy.max_retries || held.waited + after > policy.max_wait {
-            self.forget(stream);
-            return RetryDecision::GiveUp;
-        }
+        // Checked: with an unbounded budget (`max_wait` = `Duration::MAX`) and the server's
+        // `RetryAfterMs` at its largest, the sum of the waits would overflow.
+        let waited = match held.waited.checked_add(after) {
+            Some(w) if held.retries < policy.max_retries && w <= policy.max_wait => w,
+            _ => {
+                self.forget(stream);
+                return RetryDecision::GiveUp;
+            }
+        };
         held.retries += 1;
-        held.waited += after;
+        held.waited = waited;
         RetryDecision::Retry {
             after,
             frame: held.frame.clone(),

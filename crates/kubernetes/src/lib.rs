@@ -17,10 +17,13 @@
 //!
 //! # Layout
 //! - `client`: [`KubeClient`], a small client of the four calls needed, on reqwest (the
-//!   proxy's one TLS stack), with the in-cluster configuration ([`KubeConfig`]).
+//!   proxy's one TLS stack), with the in-cluster configuration ([`KubeConfig`]); its
+//!   `parse` module reads the answers without I/O.
 //! - `pods`: [`PodTable`] and its list+watch task.
 //! - `policy`: [`Policy`]: allowed namespaces and service accounts, user mappings.
 //! - `identity`: [`PodIdentities`] and [`TokenRequestAssertion`].
+//! - `fuzzing` (only with the `fuzzing` feature, for `fuzz/`): the response parsers and the
+//!   pod table's list/watch updates.
 //!
 //! Why not kube-rs: `kube` 2.x/5.x with `rustls-tls` + `aws-lc-rs` does fit the dependency
 //! policy (checked with `cargo tree`: no ring, no OpenSSL), but it brings a second HTTP and
@@ -29,6 +32,9 @@
 #![warn(missing_docs)]
 
 mod client;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod pods;
 mod policy;

@@ -175,22 +175,24 @@ impl PodTable {
         if !s.synced {
             return None;
         }
+        // Never a host-network pod: it is never admitted, so a token bound to it is of no use.
+        // The preferred pod too must be one of these: a running pod of `namespace/sa`, or the
+        // token would be bound to (and last as long as) a pod of another service account.
+        let usable = |p: &PodInfo| {
+            p.phase == "Running"
+                && !p.host_network
+                && p.namespace == namespace
+                && p.service_account == sa
+        };
         if let Some(p) = prefer_uid.and_then(|u| s.pods.get(u))
-            && p.phase == "Running"
-            && !p.host_network
+            && usable(p)
         {
             return Some(p.clone());
         }
-        // Never a host-network pod: it is never admitted, so a token bound to it is of no use.
         // The first by name, so the choice does not depend on the table's hash order.
         s.pods
             .values()
-            .filter(|p| {
-                p.phase == "Running"
-                    && !p.host_network
-                    && p.namespace == namespace
-                    && p.service_account == sa
-            })
+            .filter(|p| usable(p))
             .min_by(|a, b| a.name.cmp(&b.name))
             .cloned()
     }
@@ -207,7 +209,7 @@ impl PodTable {
         self.read().synced
     }
 
-    fn replace(&self, items: &[PodObject]) {
+    pub(crate) fn replace(&self, items: &[PodObject]) {
         let mut s = self.write();
         s.pods = items
             .iter()
@@ -217,7 +219,7 @@ impl PodTable {
         s.last_error = None;
     }
 
-    fn apply(&self, event: &WatchEvent) {
+    pub(crate) fn apply(&self, event: &WatchEvent) {
         let mut s = self.write();
         match event {
             WatchEvent::Added(p) | WatchEvent::Modified(p) => {
@@ -233,7 +235,7 @@ impl PodTable {
         }
     }
 
-    fn unsync(&self, why: String) {
+    pub(crate) fn unsync(&self, why: String) {
         let mut s = self.write();
         if s.synced {
             tracing::warn!(node = %self.node, error = %why, "the pod table is no longer current: clients are refused until the Kubernetes API answers again");
@@ -379,5 +381,51 @@ mod tests {
         t.set_for_test(vec![pod("a-host", "10.0.0.9", true, "Running")]);
         assert!(t.pod_of("ns", "sa", None).is_none());
         assert!(t.pod_of("other", "sa", None).is_none());
+    }
+
+    /// The preferred UID is honoured only for a running, non-host-network pod of the service
+    /// account asked for: a pod of another service account (or namespace) is never chosen.
+    #[test]
+    fn pod_of_honours_the_preferred_uid_only_for_the_service_account_asked_for() {
+        let t = PodTable::new("n");
+        let other_sa = PodInfo {
+            service_account: "other".into(),
+            ..pod("b-other-sa", "10.0.0.3", false, "Running")
+        };
+        let other_ns = PodInfo {
+            namespace: "ns2".into(),
+            ..pod("c-other-ns", "10.0.0.4", false, "Running")
+        };
+        t.set_for_test(vec![
+            other_sa,
+            other_ns,
+            pod("a-host", "10.0.0.9", true, "Running"),
+            pod("a-pending", "10.0.0.8", false, "Pending"),
+            pod("m", "10.0.0.1", false, "Running"),
+        ]);
+        for uid in [
+            "uid-b-other-sa",
+            "uid-c-other-ns",
+            "uid-a-host",
+            "uid-a-pending",
+        ] {
+            assert_eq!(
+                t.pod_of("ns", "sa", Some(uid)).map(|p| p.name.clone()),
+                Some("m".into()),
+                "preferring {uid}"
+            );
+        }
+        // Asked for the other service account: its own pod, even when preferring another's.
+        assert_eq!(
+            t.pod_of("ns", "other", Some("uid-m"))
+                .map(|p| p.name.clone()),
+            Some("b-other-sa".into())
+        );
+        // No pod of the service account: none, whatever the preference.
+        t.set_for_test(vec![PodInfo {
+            service_account: "other".into(),
+            ..pod("b", "10.0.0.3", false, "Running")
+        }]);
+        assert!(t.pod_of("ns", "sa", Some("uid-b")).is_none());
     }
 }

@@ -180,3 +180,52 @@ fn cosmos_hosts() {
     assert!(!is_cosmos_host("127.0.0.1"));
     assert!(!is_cosmos_host("cosmos.azure.com.evil.example"));
 }
+
+/// An unbounded budget (any number of retries, `Duration::MAX` in total) and the largest
+/// waits: the sum of the waits used to overflow (`Duration + Duration` panics); the request
+/// now gives up when the next wait no longer fits.
+#[test]
+fn unbounded_budgets_do_not_overflow_the_total_wait() {
+    let unbounded = RetryPolicy {
+        max_retries: u32::MAX,
+        max_wait: Duration::MAX,
+        fixed_backoff: Duration::MAX,
+        max_held_bytes: usize::MAX,
+    };
+    // RetryAfterMs = u64::MAX: 1000 of them are exactly u64::MAX seconds, the 1001st overflows.
+    let mut t = RetryTracker::new(unbounded);
+    assert!(t.on_request(&query(7)));
+    let huge = error_frame(
+        4,
+        7,
+        codes::OVERLOADED,
+        "Request rate is large: ActivityID=x, RetryAfterMs=18446744073709551615, TooManyRequests (429)",
+    );
+    let mut retries = 0u32;
+    while let RetryDecision::Retry { after, .. } =
+        t.on_response(&huge, BodyCompression::None, 1 << 20)
+    {
+        assert_eq!(after, Duration::from_millis(u64::MAX));
+        retries += 1;
+        assert!(retries <= 1000, "retried past the total wait");
+    }
+    assert_eq!(retries, 1000);
+    assert_eq!(t.held_bytes(), 0);
+    // No RetryAfterMs and a fixed backoff of Duration::MAX: one retry, then the second wait
+    // would overflow.
+    let mut t = RetryTracker::new(unbounded);
+    assert!(t.on_request(&query(8)));
+    let no_wait = error_frame(4, 8, codes::OVERLOADED, "Request rate is large");
+    assert!(matches!(
+        t.on_response(&no_wait, BodyCompression::None, 1 << 20),
+        RetryDecision::Retry {
+            after: Duration::MAX,
+            ..
+        }
+    ));
+    assert_eq!(
+        t.on_response(&no_wait, BodyCompression::None, 1 << 20),
+        RetryDecision::GiveUp
+    );
+    assert_eq!(t.held_bytes(), 0);
+}

@@ -19,6 +19,9 @@ use dbproxy_credentials::{Env, Secret};
 use serde::Deserialize;
 use url::Url;
 
+pub(crate) mod parse;
+use parse::{WatchLines, status_message};
+
 /// Where the service-account files are mounted in a pod.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -190,22 +193,6 @@ pub struct PodIp {
     pub ip: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodList {
-    #[serde(default)]
-    metadata: ListMeta,
-    #[serde(default)]
-    items: Vec<PodObject>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ListMeta {
-    #[serde(default)]
-    resource_version: String,
-}
-
 /// One event of a watch.
 #[derive(Debug, Clone)]
 pub enum WatchEvent {
@@ -224,13 +211,6 @@ pub enum WatchEvent {
         /// Its message.
         message: String,
     },
-}
-
-#[derive(Deserialize)]
-struct RawEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    object: serde_json::Value,
 }
 
 /// A service account's parts the proxy reads.
@@ -332,17 +312,10 @@ impl KubeClient {
         })
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
-        resp: reqwest::Response,
-        endpoint: &str,
-    ) -> Result<T, KubeError> {
-        let bytes = resp.bytes().await.map_err(|e| KubeError::Transport {
+    async fn body(resp: reqwest::Response, endpoint: &str) -> Result<bytes::Bytes, KubeError> {
+        resp.bytes().await.map_err(|e| KubeError::Transport {
             endpoint: endpoint.to_owned(),
             message: e.without_url().to_string(),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| KubeError::Parse {
-            endpoint: endpoint.to_owned(),
-            message: e.to_string(),
         })
     }
 
@@ -353,8 +326,8 @@ impl KubeClient {
         let resp = self
             .send(&self.http, reqwest::Method::GET, url, None)
             .await?;
-        let list: PodList = Self::json(resp, "GET /api/v1/pods").await?;
-        Ok((list.items, list.metadata.resource_version))
+        let endpoint = "GET /api/v1/pods";
+        parse::pod_list(&Self::body(resp, endpoint).await?, endpoint)
     }
 
     /// Watches the pods on `node` from `resource_version`; events go to `on_event` as they
@@ -381,28 +354,14 @@ impl KubeClient {
         let mut resp = self
             .send(&self.watch_http, reqwest::Method::GET, url, None)
             .await?;
-        let mut buf: Vec<u8> = Vec::new();
+        let mut lines = WatchLines::default();
         loop {
             let chunk = resp.chunk().await.map_err(|e| KubeError::Transport {
                 endpoint: endpoint.into(),
                 message: e.without_url().to_string(),
             })?;
             let Some(chunk) = chunk else { return Ok(()) };
-            buf.extend_from_slice(&chunk);
-            // One event a line; a pod object is a few KiB, so 4 MiB is plenty.
-            if buf.len() > 4 << 20 && !buf.contains(&b'\n') {
-                return Err(KubeError::Parse {
-                    endpoint: endpoint.into(),
-                    message: "a watch event over 4 MiB".into(),
-                });
-            }
-            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                on_event(parse_event(&line, endpoint)?);
-            }
+            lines.feed(&chunk, endpoint, &mut on_event)?;
         }
     }
 
@@ -417,15 +376,8 @@ impl KubeClient {
         let resp = self
             .send(&self.http, reqwest::Method::GET, url, None)
             .await?;
-        #[derive(Deserialize)]
-        struct Sa {
-            #[serde(default)]
-            metadata: ObjectMeta,
-        }
-        let sa: Sa = Self::json(resp, &format!("GET {path}")).await?;
-        Ok(ServiceAccount {
-            annotations: sa.metadata.annotations,
-        })
+        let endpoint = format!("GET {path}");
+        parse::service_account(&Self::body(resp, &endpoint).await?, &endpoint)
     }
 
     /// A token for the service account `namespace/name` with `audience`, valid for
@@ -459,107 +411,9 @@ impl KubeClient {
                 Some(body),
             )
             .await?;
-        let bytes = resp.bytes().await.map_err(|e| KubeError::Transport {
-            endpoint: endpoint.clone(),
-            message: e.without_url().to_string(),
-        })?;
-        // The body holds the token: parse errors must not quote it.
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| KubeError::Parse {
-                endpoint: endpoint.clone(),
-                message: "the TokenRequest answer is not JSON".into(),
-            })?;
-        match v["status"]["token"].as_str() {
-            Some(t) if !t.is_empty() => Ok(Secret::new(t)),
-            _ => Err(KubeError::Parse {
-                endpoint,
-                message: "the TokenRequest answer has no status.token".into(),
-            }),
-        }
+        parse::token_response(&Self::body(resp, &endpoint).await?, &endpoint)
     }
-}
-
-/// The message of a Kubernetes Status body (or a short excerpt of the text).
-fn status_message(text: &str) -> String {
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
-        && let Some(m) = v["message"].as_str().or(v["reason"].as_str())
-    {
-        return m.chars().take(300).collect();
-    }
-    text.chars().take(200).collect()
-}
-
-fn parse_event(line: &[u8], endpoint: &str) -> Result<WatchEvent, KubeError> {
-    let parse = |message: String| KubeError::Parse {
-        endpoint: endpoint.into(),
-        message,
-    };
-    let raw: RawEvent = serde_json::from_slice(line).map_err(|e| parse(e.to_string()))?;
-    let pod = |o: serde_json::Value| -> Result<PodObject, KubeError> {
-        serde_json::from_value(o).map_err(|e| parse(e.to_string()))
-    };
-    Ok(match raw.kind.as_str() {
-        "ADDED" => WatchEvent::Added(pod(raw.object)?),
-        "MODIFIED" => WatchEvent::Modified(pod(raw.object)?),
-        "DELETED" => WatchEvent::Deleted(pod(raw.object)?),
-        "BOOKMARK" => WatchEvent::Bookmark(
-            raw.object["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-        "ERROR" => WatchEvent::Error {
-            code: raw.object["code"].as_u64().unwrap_or(0) as u16,
-            message: raw.object["message"].as_str().unwrap_or("").to_owned(),
-        },
-        other => return Err(parse(format!("unknown watch event type {other:?}"))),
-    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_parse() {
-        let e = parse_event(
-            br#"{"type":"ADDED","object":{"metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"7"},"spec":{"serviceAccountName":"sa","nodeName":"node1","hostNetwork":false},"status":{"phase":"Running","podIP":"10.0.0.5","podIPs":[{"ip":"10.0.0.5"}]}}}"#,
-            "x",
-        )
-        .unwrap();
-        let WatchEvent::Added(p) = e else { panic!() };
-        assert_eq!(p.spec.service_account_name.as_deref(), Some("sa"));
-        assert_eq!(p.status.pod_ip.as_deref(), Some("10.0.0.5"));
-        let e = parse_event(br#"{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old resource version"}}"#, "x").unwrap();
-        assert!(matches!(e, WatchEvent::Error { code: 410, .. }));
-        assert!(parse_event(b"garbage", "x").is_err());
-    }
-
-    #[test]
-    fn in_cluster_defaults() {
-        let env = Env::from_pairs([
-            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
-            ("KUBERNETES_SERVICE_PORT", "443"),
-        ]);
-        let c = KubeConfig::in_cluster(&env, None, None, None).unwrap();
-        assert_eq!(c.api_server.as_str(), "https://10.0.0.1/");
-        assert_eq!(
-            c.token_file,
-            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
-        );
-        let env = Env::from_pairs([
-            ("KUBERNETES_SERVICE_HOST", "fd00::1"),
-            ("KUBERNETES_SERVICE_PORT", "6443"),
-        ]);
-        let c = KubeConfig::in_cluster(&env, None, None, None).unwrap();
-        assert_eq!(c.api_server.as_str(), "https://[fd00::1]:6443/");
-        let e = KubeConfig::in_cluster(
-            &Env::from_pairs::<[(&str, &str); 0], _, _>([]),
-            None,
-            None,
-            None,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("--kubernetes-api"), "{e}");
-    }
-}
+mod tests;
