@@ -350,24 +350,29 @@ pub fn apply_request(settings: &[(String, String)]) -> BytesMut {
     // Encoding only fails for lengths over i32::MAX, which a startup packet cannot carry.
     let _ = frontend::parse("", SET_CONFIG, [25, 25], &mut out);
     for (name, value) in settings {
-        let values = [name.as_bytes(), value.as_bytes()];
-        let _ = frontend::bind(
-            "",
-            "",
-            [0i16],
-            values,
-            |v, buf| {
-                buf.put_slice(v);
-                Ok(postgres_protocol::IsNull::No)
-            },
-            [0i16],
-            &mut out,
-        );
+        bind_text(&[name.as_bytes(), value.as_bytes()], &mut out);
         let _ = frontend::execute("", 0, &mut out);
     }
     let _ = frontend::close(b'S', "", &mut out);
     frontend::sync(&mut out);
     out
+}
+
+/// Bind of the unnamed statement to `values`, all in text format, text results.
+fn bind_text(values: &[&[u8]], out: &mut BytesMut) {
+    // Encoding only fails for lengths over i32::MAX, which a startup packet cannot carry.
+    let _ = frontend::bind(
+        "",
+        "",
+        [0i16],
+        values.iter().copied(),
+        |v, buf| {
+            buf.put_slice(v);
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0i16],
+        out,
+    );
 }
 
 /// The statement that primes a new warm session: it reads a setting and changes none.
@@ -380,18 +385,7 @@ pub fn prime_request() -> BytesMut {
     let mut out = BytesMut::new();
     let _ = frontend::parse("", SET_CONFIG, [25, 25], &mut out);
     let _ = frontend::parse("", PRIME, [25], &mut out);
-    let _ = frontend::bind(
-        "",
-        "",
-        [0i16],
-        [b"application_name".as_slice()],
-        |v, buf| {
-            buf.put_slice(v);
-            Ok(postgres_protocol::IsNull::No)
-        },
-        [0i16],
-        &mut out,
-    );
+    bind_text(&[b"application_name"], &mut out);
     let _ = frontend::execute("", 0, &mut out);
     let _ = frontend::close(b'S', "", &mut out);
     frontend::sync(&mut out);
