@@ -7,6 +7,8 @@
 #   proxy      pgbench → entra-db-proxy (plain, loopback) → TLS, Entra token
 #   warm       the same with warm upstream sessions (-C workloads only; skipped, with a
 #              message, while the proxy has no warm_sessions setting)
+#   alt        only with ALT_ARGS: the proxy with those extra flags (a variant measured in the
+#              same run, e.g. ALT_ARGS="--session-threads 0"); -S and -C workloads
 #   pgbouncer  pgbench → pgbouncer (session pool, plain) → TLS (verify-full), role `bench`
 #   haproxy    pgbench → HAProxy (TCP mode) → PostgreSQL, TLS end to end (verify-full)
 # pgbouncer and HAProxy are installed from Debian when missing (apt-get, as root or via sudo).
@@ -24,7 +26,7 @@
 #        ROUNDS=1 DURATION=5 COPY_MB=100 bench/pgbench.sh    a short run, about 3 minutes
 # Environment: ROUNDS, DURATION, COPY_MB, TARGETS (default "direct proxy pgbouncer haproxy"),
 # WORKLOADS (default "S C CR copy": -S, -C, -C at a rate, COPY), CONNECT_RATE, WARM_SESSIONS
-# (default 4), PROXY_ARGS (extra entra-db-proxy flags for both proxies).
+# (default 4), PROXY_ARGS (extra entra-db-proxy flags for every proxy), ALT_ARGS (see `alt`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
@@ -58,6 +60,13 @@ read -r -a extra <<<"${PROXY_ARGS:-}"
 proxy_port=$(free_port)
 start_proxy proxy "$proxy_port" -- "${extra[@]}"
 cold_pid=$proxy_pid
+alt_port=
+if [ -n "${ALT_ARGS:-}" ]; then
+  read -r -a alt_args <<<"$ALT_ARGS"
+  alt_port=$(free_port)
+  start_proxy alt "$alt_port" -- "${alt_args[@]}" "${extra[@]}"
+  alt_pid=$proxy_pid
+fi
 
 # Warm sessions: the setting is the PostgreSQL listener's warm_sessions (flag and env alike).
 warm_flag=
@@ -137,6 +146,7 @@ conn() {
       conn_args=(-h 127.0.0.1 -p "$STANDINS_PG_PORT" -U "$STANDINS_BENCH_USER" "$STANDINS_DB") ;;
     proxy) conn_env=(PGSSLMODE=disable); conn_args=(-h 127.0.0.1 -p "$proxy_port" -U anyone "$STANDINS_DB") ;;
     warm) conn_env=(PGSSLMODE=disable); conn_args=(-h 127.0.0.1 -p "$warm_port" -U anyone "$STANDINS_DB") ;;
+    alt) conn_env=(PGSSLMODE=disable); conn_args=(-h 127.0.0.1 -p "$alt_port" -U anyone "$STANDINS_DB") ;;
     pgbouncer) conn_env=(PGSSLMODE=disable); conn_args=(-h 127.0.0.1 -p "$bouncer_port" -U "$STANDINS_BENCH_USER" "$STANDINS_DB") ;;
     haproxy) conn_env=(PGSSLMODE=verify-full PGSSLROOTCERT="$SSL_CERT_FILE" PGPASSWORD="$STANDINS_BENCH_PASSWORD")
       conn_args=(-h 127.0.0.1 -p "$haproxy_port" -U "$STANDINS_BENCH_USER" "$STANDINS_DB") ;;
@@ -145,7 +155,7 @@ conn() {
 # The process in the middle for TARGET (empty: none, or not found).
 pid_of() {
   case "$1" in
-    proxy) echo "$cold_pid" ;; warm) echo "$warm_pid" ;;
+    proxy) echo "$cold_pid" ;; warm) echo "$warm_pid" ;; alt) echo "$alt_pid" ;;
     pgbouncer) echo "${bouncer_pid:-}" ;; haproxy) echo "${haproxy_pid:-}" ;; *) echo ;;
   esac
 }
@@ -207,8 +217,9 @@ for t in "${targets[@]}"; do
   s_targets+=("$t")
   c_targets+=("$t")
   [ "$t" = proxy ] && [ -n "$warm_port" ] && c_targets+=(warm)
+  [ "$t" = proxy ] && [ -n "$alt_port" ] && s_targets+=(alt) && c_targets+=(alt)
 done
-echo "pgbench.sh: ${rounds} round(s), ${secs} s per run, COPY ${copy_mb} MB; targets: ${targets[*]}${warm_port:+ (+ warm, $warm_flag $warm_n)}; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "pgbench.sh: ${rounds} round(s), ${secs} s per run, COPY ${copy_mb} MB; targets: ${targets[*]}${warm_port:+ (+ warm, $warm_flag $warm_n)}${alt_port:+ (+ alt: $ALT_ARGS)}; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for r in $(seq 1 "$rounds"); do
   echo "round $r/$rounds…" >&2
   if run_workload S; then
@@ -232,7 +243,7 @@ done
 python3 - "$results" "$rounds" "$secs" "$copy_mb" "$connect_rate" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-order = ["direct", "proxy", "warm", "pgbouncer", "haproxy"]
+order = ["direct", "proxy", "alt", "warm", "pgbouncer", "haproxy"]
 fig = {}
 cpu = {}
 for w, t, v, c in rows:

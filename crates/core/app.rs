@@ -8,6 +8,8 @@
 //!    first token is usually there before the first client.
 //! 3. Listeners are bound one after the other (TCP or Unix sockets); an address in use stops
 //!    start-up with an error before the proxy reports ready.
+//!    Sessions run on the session threads (`session_threads`, one current-thread runtime
+//!    each; see `dbproxy_runtime::workers`), or on this runtime when that is 0.
 //!    The admin server (if any) starts last; `/startup` turns 200 once credentials are in.
 //!
 //! Shutdown, when the future given to [`Proxy::run_until`] resolves (the binary's: the first
@@ -15,8 +17,9 @@
 //! 1. `/readiness` fails at once; listeners keep accepting for `min_shutdown_delay` so load
 //!    balancers notice.
 //! 2. Listeners stop accepting; open sessions get up to `max_shutdown_delay` to finish.
-//! 3. Return (the binary exits 0); the admin server stops; dropping the runtime closes
-//!    whatever is left (sessions past the delay, credential refreshers). An `abort` future
+//! 3. Return (the binary exits 0); the admin server stops; the session threads stop, closing
+//!    sessions past the delay; dropping the runtime closes whatever is left (credential
+//!    refreshers). An `abort` future
 //!    (the binary's: a second signal) skips the waiting.
 
 use std::{
@@ -32,7 +35,7 @@ use dbproxy_credentials::{
 };
 use dbproxy_runtime::{
     AdminServer, CassandraService, Health, ListenAddr, Listener, LocalTls, LocalTlsMode, Metrics,
-    PostgresService, Shutdown, Upstream, listener::Service, metrics::StatusFn,
+    PostgresService, Shutdown, Upstream, Workers, listener::Service, metrics::StatusFn,
 };
 use dbproxy_tls::Trust;
 use rustls_pki_types::ServerName;
@@ -297,6 +300,9 @@ pub struct Proxy {
     shutdown: Shutdown,
     listen_addrs: Vec<(String, ListenAddr)>,
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The session threads (None: sessions on this runtime); dropped last, which closes
+    /// sessions still open.
+    workers: Option<Arc<Workers>>,
 }
 
 impl Proxy {
@@ -332,6 +338,7 @@ impl Proxy {
     ) -> anyhow::Result<()> {
         // Whatever way this returns, the admin server stops with it.
         let _admin = self.admin.map(|(_, task)| AbortOnDrop(task));
+        let _workers = self.workers;
         shut_down(self.config, self.health, self.shutdown, stop, abort).await
     }
 }
@@ -364,6 +371,10 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
     let cx = outbound.context(&config, cluster.as_ref());
 
     let shutdown = Shutdown::default();
+    let workers = match config.session_threads {
+        0 => None,
+        n => Some(Workers::start(n).context("cannot start the session threads")?),
+    };
     let mut listen_addrs = Vec::new();
     for (p, l) in prepared.iter().zip(&config.listeners) {
         let status: StatusFn = {
@@ -376,16 +387,34 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
         let gated = l.pod_identity.is_some() || !l.allow_uids.is_empty();
         let addr = match p {
             Prepared::Postgres(s) => match identity::gate(l, s.clone(), &cx, ids)? {
-                Some((g, _)) => bind(l, g, s.metrics.clone(), &health, &shutdown).await?,
+                Some((g, _)) => bind(l, g, s.metrics.clone(), &health, &shutdown, &workers).await?,
                 None => {
-                    let addr = bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?;
+                    let addr = bind(
+                        l,
+                        s.clone(),
+                        s.metrics.clone(),
+                        &health,
+                        &shutdown,
+                        &workers,
+                    )
+                    .await?;
                     s.spawn_warm(shutdown.stop_accepting.clone());
                     addr
                 }
             },
             Prepared::Cassandra(s) => match identity::gate(l, s.clone(), &cx, ids)? {
-                Some((g, _)) => bind(l, g, s.metrics.clone(), &health, &shutdown).await?,
-                None => bind(l, s.clone(), s.metrics.clone(), &health, &shutdown).await?,
+                Some((g, _)) => bind(l, g, s.metrics.clone(), &health, &shutdown, &workers).await?,
+                None => {
+                    bind(
+                        l,
+                        s.clone(),
+                        s.metrics.clone(),
+                        &health,
+                        &shutdown,
+                        &workers,
+                    )
+                    .await?
+                }
             },
         };
         tracing::info!(
@@ -414,13 +443,18 @@ async fn start(config: Config) -> anyhow::Result<Proxy> {
         tracing::info!(addr = %local, "admin server listening (/startup /liveness /readiness /metrics)");
         admin_task = Some((local, tokio::spawn(admin.run())));
     }
-    tracing::info!(listeners = config.listeners.len(), "entra-db-proxy ready");
+    tracing::info!(
+        listeners = config.listeners.len(),
+        session_threads = workers.as_ref().map_or(0, |w| w.threads()),
+        "entra-db-proxy ready"
+    );
     Ok(Proxy {
         config,
         health,
         shutdown,
         listen_addrs,
         admin: admin_task,
+        workers,
     })
 }
 
@@ -483,11 +517,15 @@ async fn bind<S: Service>(
     metrics: dbproxy_runtime::ListenerMetrics,
     health: &Health,
     shutdown: &Shutdown,
+    workers: &Option<Arc<Workers>>,
 ) -> anyhow::Result<ListenAddr> {
     health.add_listener(&l.name, metrics.active.clone(), l.max_connections);
-    let listener = Listener::bind(&l.name, &l.listen, service, l.max_connections, metrics)
+    let mut listener = Listener::bind(&l.name, &l.listen, service, l.max_connections, metrics)
         .await
         .with_context(|| format!("listener {}: cannot listen on {}", l.name, l.listen))?;
+    if let Some(w) = workers {
+        listener = listener.on_workers(w.clone());
+    }
     let addr = listener.local_addr()?;
     tokio::spawn(listener.run(shutdown.clone()));
     Ok(addr)

@@ -44,6 +44,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration::deserialize")]
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    pub session_threads: Option<usize>,
     pub unix_socket_mode: Option<String>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<FileListener>,

@@ -271,6 +271,10 @@ pub struct Flags {
     #[arg(long, env = "ENTRA_DB_PROXY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Threads that run the client sessions, each with its own single-threaded runtime (a session's sockets, task and timers stay on one thread); 0 runs sessions on the shared multi-threaded runtime instead [default: the number of CPUs].
+    #[arg(long, env = "ENTRA_DB_PROXY_SESSION_THREADS", value_name = "N")]
+    pub session_threads: Option<usize>,
+
     /// Close sessions that moved no byte for this long: 15m, 1h, or seconds as a bare number (900) [default: 0, never].
     #[arg(long, env = "ENTRA_DB_PROXY_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
     pub idle_timeout: Option<Duration>,

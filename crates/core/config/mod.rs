@@ -176,6 +176,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Close sessions idle this long.
     pub idle_timeout: Option<Duration>,
+    /// Session threads (each a current-thread runtime); 0: sessions on the main runtime.
+    pub session_threads: usize,
     /// The Kubernetes API, for listeners with pod identity.
     pub kubernetes: pod_identity::KubernetesConfig,
     /// The environment the configuration was read from; the credentials read it too
@@ -397,6 +399,10 @@ impl Config {
                 0,
             ))
             .filter(|d| !d.is_zero()),
+            session_threads: flags
+                .session_threads
+                .or(file_cfg.and_then(|f| f.session_threads))
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             kubernetes: pod_identity::KubernetesConfig::merge(
                 flags,
                 file_cfg.and_then(|f| f.kubernetes.as_ref()),

@@ -638,3 +638,20 @@ fn cassandra_max_frame_size() {
     );
     assert!(e.contains("unknown unit"), "{e}");
 }
+
+#[test]
+fn session_threads_default_to_the_cpus_and_come_from_the_file_or_a_flag() {
+    let env = EnvSnapshot::default();
+    let base = ["--postgres-upstream", "h", "--postgres-user", "u"];
+    let c = Config::load(&flags(&base), &env).unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(c.session_threads, cpus);
+
+    let listener = "[[listener]]\nprotocol = \"postgres\"\nupstream = \"h\"\nuser = \"u\"\n";
+    let p = write("threads.toml", &format!("session_threads = 3\n{listener}"));
+    let path = p.to_str().unwrap();
+    let c = Config::load(&flags(&["--config", path]), &env).unwrap();
+    assert_eq!(c.session_threads, 3);
+    let c = Config::load(&flags(&["--config", path, "--session-threads", "0"]), &env).unwrap();
+    assert_eq!(c.session_threads, 0, "0: sessions on the shared runtime");
+}

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`listener`]: binds the local address (TCP or a Unix socket) and accepts connections, one
-//!   task per client; [`stream`] is what it hands over; [`local_tls`] the optional client TLS.
+//!   task per client; [`stream`] is what it hands over; [`local_tls`] the optional client TLS;
+//!   [`workers`] the session threads (a current-thread runtime per core) sessions run on.
 //! - [`session`]: what every session shares: [`CloseReason`], [`SessionError`] (what the
 //!   client is told), the closing log line, and the login-with-retry loop; [`login`] drives a
 //!   sans-IO login machine over any stream.
@@ -41,6 +42,7 @@ pub mod relay;
 pub mod session;
 pub mod stream;
 pub mod upstream;
+pub mod workers;
 
 #[cfg(test)]
 mod testutil;
@@ -55,3 +57,4 @@ pub use postgres::{PostgresService, PostgresUpstream, WarmPool, WarmSettings};
 pub use session::{CloseReason, SessionError};
 pub use stream::ClientStream;
 pub use upstream::{Connector, Upstream};
+pub use workers::Workers;

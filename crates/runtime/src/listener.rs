@@ -6,7 +6,8 @@
 //! each session and returned when its task ends; a client over the cap gets the protocol's own
 //! "too many connections" error (through [`Service::reject_busy`]) instead of a silent close.
 //! Accept errors (for example too many open files) are logged and retried after a short pause
-//! instead of ending the listener.
+//! instead of ending the listener. With [`Listener::on_workers`], sessions run on the session
+//! threads of [`Workers`] rather than on the runtime that accepts.
 
 use std::{
     future::Future,
@@ -22,7 +23,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::stream::ClientStream;
+use crate::{stream::ClientStream, workers::Workers};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -115,6 +116,8 @@ pub struct Listener<S> {
     limit: Option<Arc<Semaphore>>,
     rejections: Arc<Semaphore>,
     metrics: ListenerMetrics,
+    /// Where sessions run (None: on the accepting runtime).
+    workers: Option<Arc<Workers>>,
 }
 
 impl<S: Service> Listener<S> {
@@ -137,7 +140,14 @@ impl<S: Service> Listener<S> {
             limit: (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))),
             rejections: Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS)),
             metrics,
+            workers: None,
         })
+    }
+
+    /// Runs this listener's sessions on `workers` instead of the accepting runtime.
+    pub fn on_workers(mut self, workers: Arc<Workers>) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -209,14 +219,21 @@ impl<S: Service> Listener<S> {
             };
             let service = self.service.clone();
             let active = ActiveGuard::new(&self.metrics);
-            shutdown.sessions.spawn(
-                async move {
-                    service.serve(stream, peer).await;
-                    drop(active);
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            let tracked = shutdown.sessions.clone();
+            let session = move |stream| {
+                tracked.track_future(
+                    async move {
+                        service.serve(stream, peer).await;
+                        drop(active);
+                        drop(permit);
+                    }
+                    .instrument(span),
+                )
+            };
+            match &self.workers {
+                Some(workers) => workers.spawn(stream, session),
+                None => drop(tokio::spawn(session(stream))),
+            }
         }
         tracing::info!(listener = %self.name, "stopped accepting connections");
         if let Socket::Unix(_, path) = &self.socket {
