@@ -20,6 +20,9 @@ UpstreamLogin ── AuthenticationOk ──▶ Greeting   plan(client's Startup
   ParameterStatus messages the server sends for the settings that changed.
 - [`Greeting::render`] writes what the client sees: the captured messages in their order, each
   ParameterStatus with its value after the settings were applied.
+- [`predicted_reports`]: for an `application_name` that PostgreSQL keeps as sent, the reports
+  are known beforehand, so the greeting can go to the client before the apply's answer (the
+  answer is then checked against the prediction).
 */
 
 use bytes::{BufMut, BytesMut};
@@ -356,6 +359,29 @@ pub fn apply_request(settings: &[(String, String)]) -> BytesMut {
     let _ = frontend::close(b'S', "", &mut out);
     frontend::sync(&mut out);
     out
+}
+
+/// The longest `application_name` PostgreSQL keeps as sent (NAMEDATALEN − 1); a longer one is
+/// truncated, with a NOTICE.
+pub const MAX_PREDICTABLE_NAME: usize = 63;
+
+/// The reports an [`apply_request`] of `settings` will bring, when they can be known without
+/// asking: only `application_name`, of printable ASCII within [`MAX_PREDICTABLE_NAME`] bytes,
+/// which PostgreSQL keeps byte for byte (it replaces other bytes and truncates longer names).
+/// Such settings can be applied after the client has its greeting, in the same round trip as
+/// its first query, and the answer then confirms the prediction. `None`: apply first.
+pub fn predicted_reports(settings: &[(String, String)]) -> Option<Reports> {
+    let predictable = |(name, value): &(String, String)| {
+        name == "application_name"
+            && value.len() <= MAX_PREDICTABLE_NAME
+            && value.bytes().all(|b| (0x20..=0x7e).contains(&b))
+    };
+    (!settings.is_empty() && settings.iter().all(predictable)).then(|| {
+        settings
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    })
 }
 
 /// Bind of the unnamed statement to `values`, all in text format, text results.

@@ -287,3 +287,29 @@ fn apply_reader_reports_refusals_and_notices() {
     let mut buf = answer(&[msg(b'T', b"")]);
     assert!(ApplyReader::new().feed(&mut buf).is_err());
 }
+
+#[test]
+fn only_application_name_in_printable_ascii_within_63_bytes_is_predicted() {
+    let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let r = predicted_reports(&set(&[("application_name", "pgbench")])).unwrap();
+    assert_eq!(r, vec![(b"application_name".to_vec(), b"pgbench".to_vec())]);
+    let longest = "a".repeat(MAX_PREDICTABLE_NAME);
+    assert!(predicted_reports(&set(&[("application_name", &longest)])).is_some());
+    assert!(predicted_reports(&set(&[("application_name", " ~")])).is_some());
+    for unpredictable in [
+        set(&[]),
+        set(&[("application_name", &"a".repeat(MAX_PREDICTABLE_NAME + 1))]),
+        set(&[("application_name", "caf\u{e9}")]),
+        set(&[("application_name", "tab\there")]),
+        set(&[("Application_Name", "x")]),
+        set(&[("DateStyle", "ISO")]),
+        set(&[("application_name", "x"), ("TimeZone", "UTC")]),
+    ] {
+        assert_eq!(predicted_reports(&unpredictable), None, "{unpredictable:?}");
+    }
+}

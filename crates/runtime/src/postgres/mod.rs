@@ -239,14 +239,26 @@ impl<C: Connector> PostgresService<C> {
         // 2.–4. A warm session, or credential, upstream TLS and login (a refused token is
         // replaced once).
         let (mut upstream, server, warm) = match self.take_warm(&upstream_startup).await {
-            Some((upstream, greeting)) => {
-                client.write_all(&greeting).await.map_err(|e| {
+            Some(mut handover) => {
+                client.write_all(&handover.greeting).await.map_err(|e| {
                     SessionError::silent(CloseReason::ClientIo, format!("client went away: {e}"))
                 })?;
+                if let Err(e) = self.confirm_handover(&mut handover).await {
+                    return Err(fatal(
+                        CloseReason::UpstreamProtocol,
+                        sqlstate::CONNECTION_FAILURE,
+                        format!(
+                            "the warm upstream session could not take this connection's parameters: {e}"
+                        ),
+                        Some(
+                            "A bug in entra-db-proxy's warm sessions: warm_sessions = 0 turns them off; please report it.",
+                        ),
+                    ));
+                }
                 let mut server = FatalWatch::new();
-                server.feed(&greeting);
+                server.feed(&handover.greeting);
                 tracing::info!(user = %self.user, database = %Escaped(&database), "warm upstream session handed over; relaying");
-                (upstream, server, true)
+                (handover.stream, server, true)
             }
             None => {
                 let (upstream, server) = self.login(client, upstream_startup).await?;

@@ -17,6 +17,13 @@
 //!   the captured greeting with the server's own reports for what changed, BackendKeyData (so
 //!   cancel works unchanged) and ReadyForQuery. Anything else takes the cold path, counted as
 //!   a miss by reason. One client per session: it is closed when the client leaves.
+//! - **Deferred apply**: when the settings are only an `application_name` PostgreSQL keeps as
+//!   sent ([`dbproxy_postgres::warm::predicted_reports`]; pgbench, psql and most libpq apps
+//!   send just that), the apply is sent upstream and the greeting goes to the client at once,
+//!   with the predicted report; the apply's answer is read before the client's first query
+//!   is relayed ([`PostgresService::confirm_handover`]) and must match the prediction byte for
+//!   byte, else the client gets a FATAL error instead of a session that differs from a cold
+//!   one. The client's connect saves the round trip.
 
 use std::{
     collections::VecDeque,
@@ -29,7 +36,9 @@ use bytes::BytesMut;
 use dbproxy_postgres::{
     ProtocolVersion,
     startup::StartupMessage,
-    warm::{ApplyReader, Greeting, Miss, apply_request, plan, prime_request},
+    warm::{
+        ApplyReader, Greeting, Miss, Reports, apply_request, plan, predicted_reports, prime_request,
+    },
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -77,6 +86,22 @@ struct Warm<S> {
     stream: S,
     greeting: Greeting,
     retire_at: Instant,
+}
+
+/// A warm session taken for one client.
+pub(crate) struct Handover<S> {
+    /// The upstream session.
+    pub stream: S,
+    /// What the client is sent: AuthenticationOk through ReadyForQuery.
+    pub greeting: BytesMut,
+    /// An apply already sent whose answer is still to be read and checked.
+    pending: Option<Pending>,
+}
+
+/// A deferred apply: the captured greeting and the reports predicted for it.
+struct Pending {
+    captured: Greeting,
+    predicted: Reports,
 }
 
 /// A listener's ready sessions.
@@ -285,10 +310,7 @@ impl<C: Connector> PostgresService<C> {
     /// A warm session for a client whose startup (as it would go upstream) is `startup`, with
     /// its parameters applied, and the greeting to send the client; `None` (a miss, counted)
     /// when it must take the cold path. Counts nothing when warm sessions are off.
-    pub(crate) async fn take_warm(
-        &self,
-        startup: &StartupMessage,
-    ) -> Option<(C::Stream, BytesMut)> {
+    pub(crate) async fn take_warm(&self, startup: &StartupMessage) -> Option<Handover<C::Stream>> {
         if self.warm.settings.sessions == 0 {
             return None;
         }
@@ -320,24 +342,66 @@ impl<C: Connector> PostgresService<C> {
                 return miss(miss_label(m));
             }
         };
-        let changed = if settings.is_empty() {
-            Vec::new()
-        } else {
-            match self.apply(&mut warm.stream, &settings).await {
-                Ok(changed) => changed,
-                Err(e) => {
-                    tracing::debug!(error = %Escaped(&e), "parameters not applied to a warm session; cold path");
-                    self.metrics.warm_discarded("apply_failed");
-                    self.warm.wake.notify_one();
-                    return miss("apply_failed");
+        let apply_failed = |e: String| {
+            tracing::debug!(error = %Escaped(&e), "parameters not applied to a warm session; cold path");
+            self.metrics.warm_discarded("apply_failed");
+            self.warm.wake.notify_one();
+            self.metrics.warm_miss("apply_failed");
+        };
+        let (changed, pending) = match predicted_reports(&settings) {
+            _ if settings.is_empty() => (Vec::new(), None),
+            Some(predicted) => {
+                // Sent now, read in `confirm_handover` once the client has its greeting.
+                if let Err(e) = send(&mut warm.stream, apply_request(&settings)).await {
+                    apply_failed(e);
+                    return None;
                 }
+                let pending = Pending {
+                    captured: warm.greeting.clone(),
+                    predicted: predicted.clone(),
+                };
+                (predicted, Some(pending))
             }
+            None => match self.apply(&mut warm.stream, &settings).await {
+                Ok(changed) => (changed, None),
+                Err(e) => {
+                    apply_failed(e);
+                    return None;
+                }
+            },
         };
         // The refill starts once this client has its session: a login's TLS handshake is CPU
         // work on the same runtime, and would delay this hand-over's round trip.
         self.warm.wake.notify_one();
         self.metrics.warm_hit();
-        Some((warm.stream, warm.greeting.render(&changed)))
+        Some(Handover {
+            stream: warm.stream,
+            greeting: warm.greeting.render(&changed),
+            pending,
+        })
+    }
+
+    /// After the client got `handover.greeting`: reads the answer of a deferred apply and
+    /// checks that the greeting the server's own reports make is the one the client was sent.
+    /// An error means the session is not what a cold login would have given: the client must
+    /// be closed.
+    pub(crate) async fn confirm_handover(
+        &self,
+        handover: &mut Handover<C::Stream>,
+    ) -> Result<(), String> {
+        let Some(pending) = handover.pending.take() else {
+            return Ok(());
+        };
+        let reports =
+            tokio::time::timeout(self.handshake_timeout, read_reports(&mut handover.stream))
+                .await
+                .unwrap_or_else(|_| Err("no answer within the handshake timeout".to_owned()))?;
+        if pending.captured.render(&reports) != pending.captured.render(&pending.predicted) {
+            return Err(
+                "the server reported the applied parameters otherwise than predicted".to_owned(),
+            );
+        }
+        Ok(())
     }
 
     /// The oldest ready session that is still usable (others are dropped on the way).
@@ -375,28 +439,42 @@ impl<C: Connector> PostgresService<C> {
         request: BytesMut,
     ) -> Result<dbproxy_postgres::warm::Reports, String> {
         let exchange = async {
-            stream
-                .write_all(&request)
-                .await
-                .map_err(|e| e.to_string())?;
-            stream.flush().await.map_err(|e| e.to_string())?;
-            let mut reader = ApplyReader::new();
-            let mut buf = BytesMut::with_capacity(4096);
-            loop {
-                if let Some(changed) = reader.feed(&mut buf).map_err(|e| e.to_string())? {
-                    if !buf.is_empty() {
-                        return Err("the server sent more after ReadyForQuery".to_owned());
-                    }
-                    return Ok(changed);
-                }
-                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("the server closed the session".to_owned());
-                }
-            }
+            send(stream, request).await?;
+            read_reports(stream).await
         };
         tokio::time::timeout(self.handshake_timeout, exchange)
             .await
             .unwrap_or_else(|_| Err("no answer within the handshake timeout".to_owned()))
+    }
+}
+
+/// Writes an [`apply_request`] or a [`prime_request`].
+async fn send<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: BytesMut,
+) -> Result<(), String> {
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
+}
+
+/// Reads the answer to an [`apply_request`] or a [`prime_request`]: the ParameterStatus
+/// reports, up to ReadyForQuery (nothing may follow it).
+async fn read_reports<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Result<Reports, String> {
+    let mut reader = ApplyReader::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if let Some(changed) = reader.feed(&mut buf).map_err(|e| e.to_string())? {
+            if !buf.is_empty() {
+                return Err("the server sent more after ReadyForQuery".to_owned());
+            }
+            return Ok(changed);
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the server closed the session".to_owned());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Warm sessions in memory: the hand-over applies the client's parameters before its
-//! pipelined bytes, and a session the server closed is never handed out.
+//! pipelined bytes (an `application_name` kept as sent after the greeting, checked; others
+//! before it), and a session the server closed is never handed out.
 
 use tokio_util::sync::CancellationToken;
 
@@ -157,5 +158,121 @@ async fn a_session_the_server_closed_is_not_handed_out() {
     // The cold path: the server's greeting verbatim (no application_name report appended).
     let tags: Vec<u8> = greeting.iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, b"RSKZ");
+    stop.cancel();
+}
+
+/// A warm service with one ready session, the server side of that session, and a client that
+/// sent a StartupMessage with `params` (user and database `orders` first) and a pipelined query.
+async fn handed_over(
+    params: &[(&str, &str)],
+) -> (
+    Arc<PostgresService<MemoryUpstream>>,
+    CancellationToken,
+    DuplexStream,
+    DuplexStream,
+) {
+    let (upstream, mut rx) = MemoryUpstream::new();
+    let svc = warm_service(upstream);
+    let stop = CancellationToken::new();
+    svc.spawn_warm(stop.clone());
+    let mut server = rx.recv().await.unwrap();
+    serve_login(&mut server).await;
+    wait_ready(&svc).await;
+    let (mut app, _task) = connect(&svc);
+    let mut s = StartupMessage::new(ProtocolVersion::V3_0);
+    s.set("user", "someone");
+    s.set("database", "orders");
+    for (n, v) in params {
+        s.set(*n, *v);
+    }
+    let mut opening = BytesMut::new();
+    messages::startup_message(&s, &mut opening).unwrap();
+    opening.extend_from_slice(&msg(b'Q', b"select 1\0"));
+    app.write_all(&opening).await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..5 {
+        tags.push(read_msg(&mut server).await.0);
+    }
+    assert_eq!(tags, b"PBECS", "the apply round trip");
+    (svc, stop, server, app)
+}
+
+/// The server's answer to an apply of one setting that it reports as `name` = `value`.
+fn apply_answer(name: &str, value: &str) -> BytesMut {
+    let mut answer = msg(b'1', b"");
+    answer.extend_from_slice(&msg(b'2', b""));
+    answer.extend_from_slice(&msg(b'D', b"\0\x01\0\0\0\0"));
+    answer.extend_from_slice(&msg(b'C', b"SELECT 1\0"));
+    answer.extend_from_slice(&msg(b'S', format!("{name}\0{value}\0").as_bytes()));
+    answer.extend_from_slice(&msg(b'3', b""));
+    answer.extend_from_slice(&msg(b'Z', b"I"));
+    answer
+}
+
+#[tokio::test]
+async fn an_application_name_kept_as_sent_is_confirmed_after_the_client_has_its_greeting() {
+    let (_svc, stop, mut server, mut app) = handed_over(&[("application_name", "pgbench")]).await;
+    // The server has not answered the apply yet; the client already has its whole greeting,
+    // with the report the server will make.
+    let greeting = tokio::time::timeout(LIMIT, read_greeting(&mut app))
+        .await
+        .expect("the greeting before the apply's answer");
+    let tags: Vec<u8> = greeting.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"RSSKZ");
+    assert_eq!(greeting[2].1, b"application_name\0pgbench\0");
+    server
+        .write_all(&apply_answer("application_name", "pgbench"))
+        .await
+        .unwrap();
+    // Only then is the client's query relayed, and the apply's answer never reaches it.
+    let (tag, body) = tokio::time::timeout(LIMIT, read_msg(&mut server))
+        .await
+        .unwrap();
+    assert_eq!((tag, body.as_slice()), (b'Q', &b"select 1\0"[..]));
+    server.write_all(&msg(b'Z', b"I")).await.unwrap();
+    assert_eq!(read_msg(&mut app).await, (b'Z', b"I".to_vec()));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_deferred_apply_the_server_reports_otherwise_ends_the_client_with_fatal() {
+    let (_svc, stop, mut server, mut app) = handed_over(&[("application_name", "pgbench")]).await;
+    let greeting = read_greeting(&mut app).await;
+    assert_eq!(greeting[2].1, b"application_name\0pgbench\0");
+    server
+        .write_all(&apply_answer("application_name", "pgbenc?"))
+        .await
+        .unwrap();
+    let (tag, body) = tokio::time::timeout(LIMIT, read_msg(&mut app))
+        .await
+        .unwrap();
+    assert_eq!(tag, b'E');
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("SFATAL") && text.contains("C08006"), "{text}");
+    assert!(text.contains("otherwise than predicted"), "{text}");
+    // The client's query was never relayed: the session ends.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, server.read_to_end(&mut rest)).await;
+    assert!(
+        !rest.windows(9).any(|w| w == b"select 1\0"),
+        "query relayed"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn other_parameters_are_applied_before_the_client_sees_its_greeting() {
+    let (_svc, stop, mut server, mut app) = handed_over(&[("DateStyle", "ISO")]).await;
+    // The server's report ("ISO, MDY", not the "ISO" sent) can only be in the greeting if the
+    // answer was read before the greeting was made.
+    server
+        .write_all(&apply_answer("DateStyle", "ISO, MDY"))
+        .await
+        .unwrap();
+    let greeting = read_greeting(&mut app).await;
+    assert!(
+        greeting.iter().any(|(_, b)| b == b"DateStyle\0ISO, MDY\0"),
+        "{greeting:?}"
+    );
     stop.cancel();
 }
