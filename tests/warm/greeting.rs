@@ -60,6 +60,24 @@ async fn a_warm_client_sees_what_a_cold_one_sees() {
     let (warm_msgs, _w) = raw::start(warm.addr(), plain).await;
     assert_eq!(raw::describe(&warm_msgs), raw::describe(&cold_msgs));
     assert_eq!(metric(admin, HITS, LABELS).await, 2.0);
+
+    // Only an application_name: the greeting goes out before the server confirms it (the
+    // deferred apply); still identical, and the first query sees the name and nothing of the
+    // apply's answer.
+    wait_ready(admin, 2).await;
+    let app: &[(&str, &str)] = &[
+        ("user", "x"),
+        ("database", DB),
+        ("application_name", "deferred-app"),
+    ];
+    let cold_msgs = raw::direct(&s, &token, app).await;
+    let (warm_msgs, mut w) = raw::start(warm.addr(), app).await;
+    assert_eq!(raw::describe(&warm_msgs), raw::describe(&cold_msgs));
+    assert_eq!(metric(admin, HITS, LABELS).await, 3.0);
+    let answer = raw::query(&mut w, "SELECT current_setting('application_name')").await;
+    let tags: String = answer.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, "TDCZ", "{answer:?}");
+    assert!(answer[1].1.ends_with(b"deferred-app"), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,6 +26,23 @@ pub async fn start(
     }
 }
 
+/// Sends a simple Query and returns the messages up to and including ReadyForQuery.
+pub async fn query(s: &mut tokio::net::TcpStream, sql: &str) -> Vec<Message> {
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    s.write_all(&q).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let (tag, body) = read_message(s).await;
+        out.push((tag, body));
+        if tag == 'Z' {
+            return out;
+        }
+    }
+}
+
 /// A ParameterStatus body as "name=value".
 pub fn status(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
