@@ -8,6 +8,8 @@ use dbproxy_testkit::azure::ArmFault;
 use scylla::client::session_builder::SessionBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::hostile::cql_wire;
+
 use super::{metric, poll, wait_status};
 use crate::{cassandra::Account, stack::FAILED_SESSION, util::http_get};
 
@@ -33,15 +35,7 @@ pub(crate) async fn startup_from(
         socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
     }
     let mut c = socket.connect(addr).await.unwrap();
-    let mut body = vec![0, 1];
-    for s in ["CQL_VERSION", "3.0.0"] {
-        body.extend((s.len() as u16).to_be_bytes());
-        body.extend(s.as_bytes());
-    }
-    let mut frame = vec![0x04, 0, 0, 7, 0x01];
-    frame.extend((body.len() as u32).to_be_bytes());
-    frame.extend(body);
-    c.write_all(&frame).await.unwrap();
+    c.write_all(&cql_wire::startup_v(4, 7)).await.unwrap();
     let mut header = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut header))
         .await

@@ -17,6 +17,7 @@ use scylla::client::session_builder::SessionBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{metric, poll};
+use crate::hostile::cql_wire;
 use crate::{
     stack::{self, DB, Stack},
     util::ProxyCmd,
@@ -95,21 +96,6 @@ async fn read_until_closed(c: &mut tokio::net::TcpStream, within: Duration) -> (
 }
 
 /// A v4 frame: version, flags 0, `stream`, `opcode`, `body`.
-fn frame(stream: i16, opcode: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x04, 0];
-    f.extend(stream.to_be_bytes());
-    f.push(opcode);
-    f.extend((body.len() as u32).to_be_bytes());
-    f.extend(body);
-    f
-}
-
-fn long_string(s: &str) -> Vec<u8> {
-    let mut b = (s.len() as u32).to_be_bytes().to_vec();
-    b.extend(s.as_bytes());
-    b
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cassandra_restarted_under_a_live_session() {
     let ca = TestCa::new("entra-db-proxy cassandra restart");
@@ -155,18 +141,17 @@ async fn cassandra_restarted_under_a_live_session() {
 
     // A raw live session (STARTUP, READY, a query), and a driver session.
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut startup = vec![0, 1];
-    for s in ["CQL_VERSION", "3.0.0"] {
-        startup.extend((s.len() as u16).to_be_bytes());
-        startup.extend(s.as_bytes());
-    }
-    raw.write_all(&frame(1, 0x01, &startup)).await.unwrap();
+    raw.write_all(&cql_wire::startup_v(4, 1)).await.unwrap();
     let mut header = [0u8; 9];
     raw.read_exact(&mut header).await.unwrap();
     assert_eq!(header[4], 0x02, "READY");
-    let mut query = long_string("SELECT release_version FROM system.local");
-    query.extend([0x00, 0x01, 0x00]); // consistency ONE, no flags
-    raw.write_all(&frame(2, 0x07, &query)).await.unwrap();
+    raw.write_all(&cql_wire::query(
+        4,
+        2,
+        "SELECT release_version FROM system.local",
+    ))
+    .await
+    .unwrap();
     raw.read_exact(&mut header).await.unwrap();
     assert_eq!(header[4], 0x08, "RESULT");
     let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;

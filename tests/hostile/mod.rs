@@ -15,7 +15,7 @@
 //! - [`postgres_legacy`]: whole-proxy cases of their own (log forgery, refusals in a loop).
 
 mod cassandra;
-mod cql_wire;
+pub(crate) mod cql_wire;
 mod pg_wire;
 mod postgres;
 mod postgres_legacy;

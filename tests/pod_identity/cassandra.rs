@@ -263,14 +263,8 @@ async fn cosmos_keys_are_listed_with_each_pods_own_identity() {
 
 /// `SELECT release_version FROM system.local` on a raw v4 session: the RESULT's body.
 async fn release_version(c: &mut tokio::net::TcpStream) -> String {
-    let cql = "SELECT release_version FROM system.local";
-    let mut body = (cql.len() as u32).to_be_bytes().to_vec();
-    body.extend(cql.as_bytes());
-    body.extend([0x00, 0x01, 0x00]); // consistency ONE, no flags
-    let mut frame = vec![0x04, 0, 0, 8, 0x07];
-    frame.extend((body.len() as u32).to_be_bytes());
-    frame.extend(body);
-    c.write_all(&frame).await.unwrap();
+    let query = crate::hostile::cql_wire::query(4, 8, "SELECT release_version FROM system.local");
+    c.write_all(&query).await.unwrap();
     let mut header = [0u8; 9];
     c.read_exact(&mut header).await.unwrap();
     let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
