@@ -97,7 +97,22 @@ async fn metrics_parse_and_move_with_sessions() {
         10000
     );
     let _ = stack::connect(proxy.port()).await.unwrap();
-    let (status, text) = http_get(admin, "/metrics").await;
+    // A session records its handshake just after the client has ReadyForQuery (on its session
+    // thread): wait for the second one rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, text) = loop {
+        let (status, text) = http_get(admin, "/metrics").await;
+        let handshakes = text
+            .lines()
+            .find_map(|l| l.strip_prefix("entra_db_proxy_handshake_duration_seconds_count"))
+            .and_then(|rest| rest.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if status != 200 || handshakes >= 2.0 || std::time::Instant::now() > deadline {
+            break (status, text);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status, 200);
 
     // Parse it with the reference Python parser (OpenMetrics text).
